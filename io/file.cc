@@ -1,0 +1,45 @@
+// Default implementations shared by every File backend.
+#include <algorithm>
+#include <vector>
+
+#include "qcow2j/file.h"
+
+namespace qcow2j {
+
+Status File::Readv(uint64_t offset, std::span<const iovec> iov) {
+  for (const iovec& v : iov) {
+    QCOW2J_RETURN_IF_ERROR(Read(offset, v.iov_base, v.iov_len));
+    offset += v.iov_len;
+  }
+  return Status::OK();
+}
+
+Status File::Writev(uint64_t offset, std::span<const iovec> iov) {
+  for (const iovec& v : iov) {
+    QCOW2J_RETURN_IF_ERROR(Write(offset, v.iov_base, v.iov_len));
+    offset += v.iov_len;
+  }
+  return Status::OK();
+}
+
+Status File::Allocate(uint64_t, uint64_t, bool) {
+  return Status::NotSupported("allocate is not supported by this file backend");
+}
+
+Status File::ZeroRange(uint64_t offset, uint64_t len) {
+  static constexpr size_t kChunk = 1 << 20;
+  std::vector<char> zeros(std::min<uint64_t>(len, kChunk), 0);
+  while (len > 0) {
+    size_t n = std::min<uint64_t>(len, kChunk);
+    QCOW2J_RETURN_IF_ERROR(Write(offset, zeros.data(), n));
+    offset += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+Status File::PunchHole(uint64_t offset, uint64_t len) { return ZeroRange(offset, len); }
+
+Result<uint64_t> File::AllocatedBytes() { return Size(); }
+
+}  // namespace qcow2j

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: the release build's suite (unit + interop against qemu-img /
+# qemu-io), the same suite under AddressSanitizer + UBSan, the concurrency
+# tests under ThreadSanitizer, and a short run of every fuzz target.
+# QCOW2J_QUICK=1 runs only the release suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export CTEST_OUTPUT_ON_FAILURE=1
+start=$SECONDS
+
+scripts/build.sh release
+(cd build && ctest -j "$(nproc)" --timeout 600)
+
+if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
+  scripts/build.sh asan
+  # Leak checking is on; halt on the first UBSan report.
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+     ctest -j "$(nproc)" --timeout 900)
+  if [ -f tests/tsan_tests.txt ]; then
+    scripts/build.sh tsan
+    (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest -j "$(nproc)" --timeout 900 -R "$(paste -sd'|' tests/tsan_tests.txt)")
+  fi
+  if [ -f fuzz/CMakeLists.txt ]; then
+    scripts/build.sh fuzz
+    scripts/fuzz-smoke.sh
+  fi
+fi
+echo "test.sh: all suites passed in $((SECONDS - start)) s"
