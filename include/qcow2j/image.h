@@ -145,6 +145,14 @@ class Image {
   // The extent that starts at `offset`, at most `max_length` long, whose
   // every byte has the same status (qemu-img map semantics across the chain).
   virtual Result<BlockStatus> GetBlockStatus(uint64_t offset, uint64_t max_length) = 0;
+
+  // Changes the virtual size (qemu-img resize). Shrinking drops data past the
+  // new end and needs shrink = true. Default: NotSupported.
+  virtual Status Resize(uint64_t new_size, bool shrink);
+  // Writes whole clusters compressed (qemu-img convert -c): offset is cluster
+  // aligned, len a multiple of the cluster size or reaching the image end.
+  // Default: NotSupported.
+  virtual Status WriteCompressed(uint64_t offset, const void* buf, size_t len);
 };
 
 }  // namespace qcow2j
