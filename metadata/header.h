@@ -24,6 +24,14 @@ inline constexpr uint32_t kMaxSnapshots = 65536;
 inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;               // QCOW_MAX_L1_SIZE
 inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;     // QCOW_MAX_REFTABLE_SIZE
 inline constexpr uint64_t kMaxVirtualSize = 1ull << 61;
+inline constexpr uint32_t kMinExtendedL2ClusterBits = 14;  // QEMU: 16 KiB for extended L2
+inline constexpr uint32_t kMaxBitmaps = 65535;                 // QEMU's limit
+inline constexpr uint64_t kMaxBitmapDirectoryBytes = 1024ull * kMaxBitmaps;
+inline constexpr uint32_t kMaxDataFileNameLength = 4095;       // PATH_MAX - 1
+inline constexpr uint32_t kMaxHeaderExtensions = 1024;         // sanity bound per image
+inline constexpr uint32_t kFeatureNameEntryBytes = 48;
+inline constexpr uint32_t kFeatureNameMaxLength = 46;
+inline constexpr uint32_t kSnapshotEntryMinBytes = 40;         // fixed part of an entry
 
 // Header extension types.
 inline constexpr uint32_t kExtEnd = 0;
@@ -91,9 +99,14 @@ struct Header {
   uint32_t refcount_order = 4;
   uint32_t header_length = kV3HeaderLength;
   uint8_t compression_type = kCompressionZlib;
-  // Header bytes from offset 104 up to header_length that this version does
-  // not know: kept verbatim and written back.
+  // Header bytes from offset 105 (after compression_type) up to
+  // header_length: padding or fields newer than this code. Kept verbatim and
+  // written back.
   std::string unknown_header_tail;
+  // Set when `buf` was a probe that ended before the header extensions or the
+  // backing file name did: the fixed fields are valid, the rest is not
+  // parsed. Read the whole first cluster and parse again.
+  bool probe_only = false;
 
   // Extensions, parsed.
   std::string backing_file;                  // read from backing_file_offset
@@ -107,6 +120,11 @@ struct Header {
   uint64_t cluster_size() const { return 1ull << cluster_bits; }
   uint32_t refcount_bits() const { return 1u << refcount_order; }
   bool extended_l2() const { return incompatible_features & kIncompatExtendedL2; }
+  // Guest clusters per L2 table (extended entries take 16 bytes).
+  uint64_t l2_entries() const { return cluster_size() / (extended_l2() ? 16 : 8); }
+  // The external-data-file bit. `data_file` may still be empty: QEMU then
+  // needs the data file named by an option.
+  bool has_data_file() const { return incompatible_features & kIncompatDataFile; }
 };
 
 // Parses and validates the header from the start of the image file. `buf`
@@ -123,6 +141,8 @@ Result<Header> ParseHeader(std::span<const uint8_t> buf, uint64_t file_size);
 // caller then reads the whole first cluster and parses again).
 inline constexpr size_t kHeaderProbeBytes = 512;
 
+// The version 3 header_length is max(h.header_length rounded up to 8, 104),
+// raised to hold a nonzero compression_type (112) and unknown_header_tail.
 // Serializes the header, its extensions (backing format, feature table,
 // bitmaps, data file, journal, then the unknown ones in their original
 // order, each padded to 8 bytes, then the end marker) and the backing file

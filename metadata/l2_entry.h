@@ -45,9 +45,15 @@ struct L2Entry {
   uint64_t raw = 0;
   uint64_t bitmap = 0;
   bool extended = false;
+  // The image has an external data file: host offset 0 with COPIED set is
+  // then a normal cluster (guest offset 0 maps to data-file offset 0).
+  bool external_data = false;
 
   static L2Entry Decode(uint64_t raw, uint64_t bitmap, bool extended) {
     return L2Entry{raw, bitmap, extended};
+  }
+  static L2Entry Decode(uint64_t raw, uint64_t bitmap, bool extended, bool external_data) {
+    return L2Entry{raw, bitmap, extended, external_data};
   }
   bool compressed() const { return raw & kOflagCompressed; }
   bool copied() const { return raw & kOflagCopied; }
@@ -61,9 +67,17 @@ struct L2Entry {
   uint64_t invalid_bitmap_bits() const;
   ClusterType type() const;
   // State of subcluster `sc` (0..31); standard entries have one state for the
-  // whole cluster.
+  // whole cluster. A compressed cluster reads as kNormal in every subcluster
+  // (its data comes from the descriptor); any inconsistent bitmap, or sc >= 32,
+  // gives kInvalid.
   SubclusterType subcluster_type(unsigned sc) const;
 };
+
+// Width of the host-offset field of a compressed descriptor (qcow2.txt:
+// x = 62 - (cluster_bits - 8)); the sector count takes bits x..61.
+inline constexpr uint32_t CompressedOffsetBits(uint32_t cluster_bits) {
+  return 62 - (cluster_bits - 8);
+}
 
 // Where a compressed cluster's bytes are: `host_offset` (byte granularity)
 // and `compressed_size` bytes covering every sector the descriptor names
@@ -73,6 +87,8 @@ struct CompressedDescriptor {
   uint64_t nb_additional_sectors = 0;
   uint64_t compressed_size() const { return (nb_additional_sectors + 1) * 512 - (host_offset & 511); }
 
+  // `cluster_bits` must be 9..21 (a validated header's). Offset bits above 55
+  // are returned as found, so that check can report them.
   static CompressedDescriptor Decode(uint64_t raw, uint32_t cluster_bits);
   // Encodes offset+size (size in bytes of compressed data) with the
   // compressed flag set. Fails if the offset or sector count do not fit.
