@@ -1,0 +1,43 @@
+// What every command shares: error reporting in qemu-img's style, opening
+// images with the cache modes and flags the commands accept, and the
+// command entry points main.cc dispatches to.
+#ifndef QCOW2J_TOOLS_CLI_CLI_H_
+#define QCOW2J_TOOLS_CLI_CLI_H_
+
+#include <memory>
+#include <string>
+
+#include "qcow2j/image.h"
+#include "qcow2j/status.h"
+
+namespace qcow2j::cli {
+
+// "qcow2j: <message>" on stderr, one line.
+void PrintError(const std::string& message);
+// printf-style variant.
+void PrintErrorF(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// qemu's -t/-T cache modes mapped onto OpenOptions (none -> O_DIRECT;
+// writethrough, directsync -> durable writes; writeback, unsafe -> neither).
+Status ApplyCacheMode(const std::string& mode, OpenOptions* opts);
+
+// Opens an image as qemu-img does, with the message "Could not open 'F': ..."
+// on failure.
+Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOptions& opts);
+
+// Restarts getopt for a fresh argv (commands parse their own options).
+void ResetGetopt();
+
+int CmdInfo(int argc, char** argv);
+int CmdMap(int argc, char** argv);
+int CmdCreate(int argc, char** argv);
+int CmdConvert(int argc, char** argv);
+int CmdCompare(int argc, char** argv);
+int CmdResize(int argc, char** argv);
+int CmdSnapshot(int argc, char** argv);
+int CmdBench(int argc, char** argv);
+int CmdIo(int argc, char** argv);
+
+}  // namespace qcow2j::cli
+
+#endif  // QCOW2J_TOOLS_CLI_CLI_H_

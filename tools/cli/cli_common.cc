@@ -1,0 +1,55 @@
+#include <getopt.h>
+
+#include <cstdarg>
+#include <cstdio>
+
+#include "tools/cli/cli.h"
+
+namespace qcow2j::cli {
+
+void PrintError(const std::string& message) {
+  std::fflush(stdout);  // keep stdout and stderr in the order they happened
+  std::fprintf(stderr, "qcow2j: %s\n", message.c_str());
+}
+
+void PrintErrorF(const char* fmt, ...) {
+  char buf[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  PrintError(buf);
+}
+
+Status ApplyCacheMode(const std::string& mode, OpenOptions* opts) {
+  if (mode == "none" || mode == "off") {
+    opts->direct = true;
+    opts->writethrough = false;
+  } else if (mode == "directsync") {
+    opts->direct = true;
+    opts->writethrough = true;
+  } else if (mode == "writethrough") {
+    opts->direct = false;
+    opts->writethrough = true;
+  } else if (mode == "writeback" || mode == "unsafe") {
+    opts->direct = false;
+    opts->writethrough = false;
+  } else {
+    return Status::InvalidArgument("Invalid cache option: " + mode);
+  }
+  return Status::OK();
+}
+
+Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOptions& opts) {
+  auto r = Image::Open(path, opts);
+  if (!r.ok()) return r.status().Annotate("Could not open '" + path + "'");
+  return r;
+}
+
+void ResetGetopt() {
+  // glibc: optind = 0 re-initialises its internal state too.
+  optind = 0;
+  opterr = 1;
+}
+
+}  // namespace qcow2j::cli

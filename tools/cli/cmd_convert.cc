@@ -1,0 +1,369 @@
+// qcow2j convert: qemu-img convert to raw or qcow2.
+//
+// The source is cut into jobs (zero extents, and data extents split into
+// chunks of up to 2 MiB) from its block status; a few threads each take the
+// next job, read it, drop the parts that are all zeros and write the rest.
+// Several reads in flight keep the disk and both cores busy, which is how
+// qemu-img gets its speed with coroutines.
+#include <getopt.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tools/cli/args.h"
+#include "tools/cli/cli.h"
+#include "tools/cli/create_options.h"
+#include "tools/cli/zero_detect.h"
+
+namespace qcow2j::cli {
+
+namespace {
+
+constexpr uint64_t kChunk = 2u << 20;
+
+struct Job {
+  uint64_t offset, length;
+  bool zero;  // reads as zeros: nothing to read
+};
+
+// Where converted bytes go.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual Status Write(uint64_t off, const uint8_t* buf, size_t len) = 0;
+  // Only called when the target may hold old data (-n).
+  virtual Status Zero(uint64_t off, uint64_t len) = 0;
+  virtual Status Finish() = 0;
+};
+
+class RawSink : public Sink {
+ public:
+  RawSink(std::unique_ptr<File> f, bool sync) : f_(std::move(f)), sync_(sync) {}
+  Status Write(uint64_t off, const uint8_t* buf, size_t len) override { return f_->Write(off, buf, len); }
+  Status Zero(uint64_t off, uint64_t len) override { return f_->PunchHole(off, len); }
+  // cache=unsafe (convert's default) skips the final sync, as qemu-img does.
+  Status Finish() override { return sync_ ? f_->Sync() : Status::OK(); }
+
+ private:
+  std::unique_ptr<File> f_;
+  bool sync_;
+};
+
+class ImageSink : public Sink {
+ public:
+  ImageSink(std::unique_ptr<Image> img, bool compress) : img_(std::move(img)), compress_(compress) {}
+  Status Write(uint64_t off, const uint8_t* buf, size_t len) override {
+    return compress_ ? img_->WriteCompressed(off, buf, len) : img_->Write(off, buf, len);
+  }
+  Status Zero(uint64_t off, uint64_t len) override { return img_->WriteZeroes(off, len, true); }
+  Status Finish() override { return img_->Close(); }
+
+ private:
+  std::unique_ptr<Image> img_;
+  bool compress_;
+};
+
+struct Progress {
+  bool enabled = false;
+  uint64_t total = 0;
+  std::atomic<uint64_t> done{0};
+  std::mutex mu;
+  int last_shown = -1;  // in hundredths of a percent
+  void Show(bool final) {
+    if (!enabled) return;
+    std::lock_guard<std::mutex> l(mu);
+    uint64_t d = done.load();
+    int hundredths = total ? static_cast<int>(d * 10000 / total) : 10000;
+    if (final) hundredths = 10000;
+    // qemu-img refreshes at whole percent steps; so do we.
+    if (!final && hundredths / 100 == last_shown / 100) return;
+    last_shown = hundredths;
+    std::printf("    (%d.%02d/100%%)%c", hundredths / 100, hundredths % 100, final ? '\n' : '\r');
+    std::fflush(stdout);
+  }
+};
+
+// Opens the source at an internal snapshot given as -l/-s: "snapshot.id=N",
+// "snapshot.name=X" or a bare X (tried as an id first, then as a name).
+Result<std::unique_ptr<Image>> OpenSource(const std::string& path, OpenOptions opts,
+                                          const std::string& snapshot) {
+  if (snapshot.empty()) return OpenImage(path, opts);
+  opts.read_only = true;
+  if (snapshot.rfind("snapshot.id=", 0) == 0) {
+    opts.snapshot_id = snapshot.substr(12);
+  } else if (snapshot.rfind("snapshot.name=", 0) == 0) {
+    opts.snapshot_name = snapshot.substr(14);
+  } else {
+    opts.snapshot_id = snapshot;
+    auto r = Image::Open(path, opts);
+    if (r.ok() || r.status().code() != Code::kNotFound) {
+      if (!r.ok()) return r.status().Annotate("Failed to load snapshot");
+      return r;
+    }
+    opts.snapshot_id.clear();
+    opts.snapshot_name = snapshot;
+  }
+  auto r = Image::Open(path, opts);
+  if (!r.ok()) return r.status().Annotate("Failed to load snapshot");
+  return r;
+}
+
+}  // namespace
+
+int CmdConvert(int argc, char** argv) {
+  std::string src_fmt, out_fmt = "raw", snapshot, cache = "unsafe", src_cache = "writeback";
+  std::vector<std::string> option_strings;
+  bool compress = false, progress = false, quiet = false, no_create = false, force_share = false;
+  uint64_t sparse = 4096;
+  uint64_t coroutines = 8;
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
+                                 {"force-share", no_argument, nullptr, 'U'},
+                                 {"target-is-zero", no_argument, nullptr, 'z'},
+                                 {nullptr, 0, nullptr, 0}};
+  ResetGetopt();
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WrUs:", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f': src_fmt = optarg; break;
+      case 'O': out_fmt = optarg; break;
+      case 'c': compress = true; break;
+      case 'o': option_strings.push_back(optarg); break;
+      case 'l':
+      case 's': snapshot = optarg; break;
+      case 'S': {
+        auto v = ParseSize(optarg);
+        if (!v.ok() || *v > INT64_MAX / 512) {
+          PrintError("Invalid buffer size for sparse output specified. You may use k, M, G, T, P "
+                     "or E suffixes for");
+          return 1;
+        }
+        sparse = *v;
+        break;
+      }
+      case 'p': progress = true; break;
+      case 't': cache = optarg; break;
+      case 'T': src_cache = optarg; break;
+      case 'q': quiet = true; break;
+      case 'n': no_create = true; break;
+      case 'm': {
+        auto v = ParseUint(optarg);
+        if (!v.ok() || *v < 1 || *v > 16) {
+          PrintError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+          return 1;
+        }
+        coroutines = *v;
+        break;
+      }
+      case 'W': case 'C': case 'r': case 'z': break;  // ordering/copy-range hints: no effect here
+      case 'U': force_share = true; break;
+      case 'B': PrintError("-B (backing file for the target) is not supported"); return 1;
+      case 'h':
+        std::printf("usage: qcow2j convert [-f fmt] [-O output_fmt] [-l snapshot] [-c] [-o options] "
+                    "[-t cache] [-T src_cache] [-p] [-q] [-n] [-S sparse_size] [-m num] [-W] src dst\n");
+        return 0;
+      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
+      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+    }
+  }
+  if (quiet) progress = false;
+  if (argc - optind != 2) {
+    PrintError(argc - optind < 2 ? "Expecting one image file name" : "Only one source image is supported");
+    return 1;
+  }
+  const std::string src_path = argv[optind], dst_path = argv[optind + 1];
+  if (out_fmt != "raw" && out_fmt != "qcow2") {
+    PrintErrorF("Unknown file format '%s'", out_fmt.c_str());
+    return 1;
+  }
+  if (compress && out_fmt != "qcow2") {
+    PrintError("Compression not supported for this file format");
+    return 1;
+  }
+
+  OpenOptions so;
+  so.format = src_fmt;
+  so.force_share = force_share;
+  if (Status st = ApplyCacheMode(src_cache, &so); !st.ok()) {
+    PrintErrorF("Invalid source cache option: %s", src_cache.c_str());
+    return 1;
+  }
+  auto src = OpenSource(src_path, so, snapshot);
+  if (!src.ok()) {
+    PrintError(src.status().message());
+    return 1;
+  }
+  const uint64_t size = (*src)->size();
+
+  OpenOptions dopts;
+  if (Status st = ApplyCacheMode(cache, &dopts); !st.ok()) {
+    PrintError(st.message());
+    return 1;
+  }
+  std::unique_ptr<Sink> sink;
+  if (out_fmt == "raw") {
+    if (!option_strings.empty()) {
+      CreateSpec spec;
+      spec.opts.format = "raw";
+      for (const std::string& s : option_strings) {
+        auto list = ParseOptionString(s);
+        Status st = list.ok() ? ApplyCreateOptions(*list, &spec) : list.status();
+        if (!st.ok()) {
+          PrintErrorF("%s: %s", dst_path.c_str(), st.message().c_str());
+          return 1;
+        }
+      }
+    }
+    unsigned flags = no_create ? 0u : (kOpenCreate | kOpenTruncate);
+    if (dopts.direct) flags |= kOpenDirect;
+    if (dopts.writethrough) flags |= kOpenSync;
+    auto f = Env::Default()->Open(dst_path, flags);
+    if (!f.ok()) {
+      PrintErrorF("Could not open '%s': %s", dst_path.c_str(), f.status().message().c_str());
+      return 1;
+    }
+    if (!no_create) {
+      if (Status st = (*f)->Truncate(size); !st.ok()) {
+        PrintErrorF("%s: %s", dst_path.c_str(), st.message().c_str());
+        return 1;
+      }
+    }
+    sink = std::make_unique<RawSink>(std::move(*f), cache != "unsafe");
+  } else {
+    if (!no_create) {
+      CreateSpec spec;
+      spec.opts.format = "qcow2";
+      for (const std::string& s : option_strings) {
+        auto list = ParseOptionString(s);
+        Status st = list.ok() ? ApplyCreateOptions(*list, &spec) : list.status();
+        if (!st.ok()) {
+          PrintErrorF("%s: %s", dst_path.c_str(), st.message().c_str());
+          return 1;
+        }
+      }
+      spec.opts.size = size;
+      if (Status st = Image::Create(dst_path, spec.opts); !st.ok()) {
+        PrintErrorF("%s: %s", dst_path.c_str(), st.message().c_str());
+        return 1;
+      }
+    }
+    dopts.read_only = false;
+    dopts.format = "qcow2";
+    auto d = OpenImage(dst_path, dopts);
+    if (!d.ok()) {
+      PrintError(d.status().message());
+      return 1;
+    }
+    if (no_create && (*d)->size() < size) {
+      PrintError("Target image is smaller than the source");
+      return 1;
+    }
+    sink = std::make_unique<ImageSink>(std::move(*d), compress);
+  }
+
+  // The job list, from the source's block status.
+  std::vector<Job> jobs;
+  for (uint64_t off = 0; off < size;) {
+    auto bs = (*src)->GetBlockStatus(off, size - off);
+    if (!bs.ok() || bs->length == 0) {
+      PrintErrorF("error while reading block status at offset %llu: %s",
+                  static_cast<unsigned long long>(off),
+                  bs.ok() ? "empty extent" : bs.status().message().c_str());
+      return 1;
+    }
+    uint64_t len = std::min(bs->length, size - off);
+    if (bs->zero) {
+      if (!jobs.empty() && jobs.back().zero && jobs.back().offset + jobs.back().length == off) {
+        jobs.back().length += len;
+      } else {
+        jobs.push_back({off, len, true});
+      }
+    } else {
+      // Chunks aligned to kChunk so compressed writes stay cluster aligned.
+      for (uint64_t p = off; p < off + len;) {
+        uint64_t n = std::min(off + len, (p / kChunk + 1) * kChunk) - p;
+        jobs.push_back({p, n, false});
+        p += n;
+      }
+    }
+    off += len;
+  }
+
+  Progress prog;
+  prog.enabled = progress;
+  prog.total = size;
+  prog.Show(false);
+
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex err_mu;
+  std::string error;
+  auto fail = [&](const std::string& msg) {
+    std::lock_guard<std::mutex> l(err_mu);
+    if (!failed.exchange(true)) error = msg;
+  };
+  auto worker = [&] {
+    std::unique_ptr<uint8_t[]> buf(new uint8_t[kChunk]);
+    while (!failed.load()) {
+      size_t i = next.fetch_add(1);
+      if (i >= jobs.size()) return;
+      const Job& j = jobs[i];
+      if (j.zero) {
+        if (no_create) {
+          if (Status st = sink->Zero(j.offset, j.length); !st.ok()) {
+            fail("error while writing at byte " + std::to_string(j.offset) + ": " + st.message());
+          }
+        }
+      } else if (Status st = (*src)->Read(j.offset, buf.get(), j.length); !st.ok()) {
+        fail("error while reading at byte " + std::to_string(j.offset) + ": " + st.message());
+      } else if (compress) {
+        // Whole-cluster compressed writes; all-zero chunks stay unallocated.
+        if (!IsZero(buf.get(), j.length)) st = sink->Write(j.offset, buf.get(), j.length);
+        if (!st.ok()) {
+          fail(st.code() == Code::kNotSupported
+                   ? std::string("compression is not supported yet")
+                   : "error while writing at byte " + std::to_string(j.offset) + ": " + st.message());
+        }
+      } else {
+        // Write the runs that are not all zeros (sparse granularity -S; 0
+        // disables detection). A fresh target already reads as zeros.
+        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, sparse, !no_create)) {
+          Status ws = r.zero ? sink->Zero(j.offset + r.offset, r.length)
+                             : sink->Write(j.offset + r.offset, buf.get() + r.offset, r.length);
+          if (!ws.ok()) {
+            fail("error while writing at byte " + std::to_string(j.offset + r.offset) + ": " +
+                 ws.message());
+            break;
+          }
+        }
+      }
+      prog.done += j.length;
+      prog.Show(false);
+    }
+  };
+  size_t nthreads = std::min<size_t>(std::max<size_t>(coroutines / 2, 1), 4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < nthreads; t++) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+
+  Status fin = sink->Finish();
+  (void)(*src)->Close();
+  if (failed) {
+    PrintError(error);
+    return 1;
+  }
+  if (!fin.ok()) {
+    PrintErrorF("error while closing '%s': %s", dst_path.c_str(), fin.message().c_str());
+    return 1;
+  }
+  prog.Show(true);
+  return 0;
+}
+
+}  // namespace qcow2j::cli
