@@ -1,0 +1,254 @@
+#include "alloc/refcount_manager.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "metadata/endian.h"
+#include "metadata/refcount_block.h"
+
+namespace qcow2j {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+RefcountManager::RefcountManager(const Config& c)
+    : cfg_(c),
+      file_(c.file),
+      cluster_bits_(c.cluster_bits),
+      cluster_size_(1ull << c.cluster_bits),
+      order_(c.refcount_order),
+      block_entries_(RefcountBlockEntries(c.cluster_bits, c.refcount_order)),
+      table_offset_(c.refcount_table_offset),
+      table_clusters_(c.refcount_table_clusters),
+      end_((c.file_size + cluster_size_ - 1) & ~(cluster_size_ - 1)) {
+  size_t blocks = c.cache_blocks ? c.cache_blocks : std::max<size_t>(4, (1u << 20) >> c.cluster_bits);
+  cache_ = std::make_unique<TableCache>(cluster_size_, blocks,
+                                        [this](uint64_t off, const uint8_t* data) {
+                                          return file_->Write(off, data, cluster_size_);
+                                        });
+}
+
+uint64_t RefcountManager::MaxRefcount() const { return qcow2j::MaxRefcount(order_); }
+
+Status RefcountManager::Load() {
+  uint64_t entries = (uint64_t{table_clusters_} << cluster_bits_) / 8;
+  std::vector<uint8_t> raw(entries * 8);
+  QCOW2J_RETURN_IF_ERROR(file_->Read(table_offset_, raw.data(), raw.size()));
+  table_.resize(entries);
+  for (uint64_t i = 0; i < entries; i++) {
+    table_[i] = LoadBE64(raw.data() + i * 8);
+    uint64_t off = table_[i] & kRefcountTableOffsetMask;
+    if (off && (off & (cluster_size_ - 1)))
+      return Status::Corruption("refcount table entry " + std::to_string(i) + " (" + Hex(off) +
+                                ") is not aligned to the cluster size");
+    // Blocks past the end of the file would be allocated over by appends.
+    if (off) end_ = std::max(end_, off + cluster_size_);
+  }
+  end_ = std::max(end_, table_offset_ + (uint64_t{table_clusters_} << cluster_bits_));
+  return Status::OK();
+}
+
+Result<TableCache::Table*> RefcountManager::LoadBlock(uint64_t block_offset) {
+  TableCache::Table* t = cache_->Get(block_offset);
+  if (t) return t;
+  QCOW2J_ASSIGN_OR_RETURN(t, cache_->Put(block_offset));
+  Status s = file_->Read(block_offset, t->data(), cluster_size_);
+  if (!s.ok()) {
+    cache_->Release(t);
+    cache_->Erase(block_offset);
+    return s;
+  }
+  return t;
+}
+
+Result<TableCache::Table*> RefcountManager::Block(uint64_t ci, bool create) {
+  uint64_t bi = ci / block_entries_;
+  if (bi < table_.size()) {
+    uint64_t off = table_[bi] & kRefcountTableOffsetMask;
+    if (off) return LoadBlock(off);
+  }
+  if (!create) return static_cast<TableCache::Table*>(nullptr);
+  if (bi >= table_.size()) QCOW2J_RETURN_IF_ERROR(GrowTable(bi + 1));
+  // Place the new block at the end of the file. If it falls in the range it
+  // describes, it counts itself; otherwise its own refcount goes into
+  // whichever block covers it (created in turn by the recursive call).
+  uint64_t off = end_;
+  end_ += cluster_size_;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, cache_->Put(off));
+  std::memset(t->data(), 0, cluster_size_);
+  cache_->MarkDirty(t);
+  table_[bi] = off;
+  table_dirty_ = true;
+  uint64_t own = off >> cluster_bits_;
+  if (own / block_entries_ == bi) {
+    SetRefcount(std::span<uint8_t>(t->data(), cluster_size_), order_, own % block_entries_, 1);
+  } else {
+    Status s = SetRange(own, 1, 1);
+    if (!s.ok()) {
+      cache_->Release(t);
+      return s;
+    }
+  }
+  return t;
+}
+
+Status RefcountManager::GrowTable(uint64_t min_entries) {
+  // Grow by half again (at least to min_entries), place the new table at
+  // the end, and describe it in the blocks before switching to it.
+  uint64_t want = std::max<uint64_t>(min_entries, table_.size() + table_.size() / 2 + 1);
+  uint64_t clusters = (want * 8 + cluster_size_ - 1) >> cluster_bits_;
+  if ((clusters << cluster_bits_) > (8ull << 20) * 8)
+    return Status::FromErrno(ENOSPC, "refcount table would exceed its maximum size");
+  uint64_t new_off = end_;
+  end_ += clusters << cluster_bits_;
+  uint64_t old_off = table_offset_;
+  uint32_t old_clusters = table_clusters_;
+  table_.resize(clusters << cluster_bits_ >> 3, 0);
+  table_offset_ = new_off;
+  table_clusters_ = static_cast<uint32_t>(clusters);
+  table_dirty_ = true;
+  QCOW2J_RETURN_IF_ERROR(SetRange(new_off >> cluster_bits_, clusters, 1));
+  // The old table is freed once the header points at the new one (WriteBack).
+  for (uint64_t i = 0; i < old_clusters; i++)
+    QCOW2J_RETURN_IF_ERROR(Update(old_off + (i << cluster_bits_), -1).status());
+  return Status::OK();
+}
+
+Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) {
+  for (uint64_t ci = first_ci; ci < first_ci + n;) {
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, true));
+    uint64_t idx = ci % block_entries_;
+    uint64_t run = std::min(block_entries_ - idx, first_ci + n - ci);
+    std::span<uint8_t> blk(t->data(), cluster_size_);
+    for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
+    cache_->MarkDirty(t);
+    cache_->Release(t);
+    ci += run;
+  }
+  return Status::OK();
+}
+
+Result<uint64_t> RefcountManager::Get(uint64_t host_offset) {
+  uint64_t ci = host_offset >> cluster_bits_;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, false));
+  if (!t) return uint64_t{0};
+  uint64_t v = GetRefcount(std::span<const uint8_t>(t->data(), cluster_size_), order_,
+                           ci % block_entries_);
+  cache_->Release(t);
+  return v;
+}
+
+Result<uint64_t> RefcountManager::Update(uint64_t host_offset, int64_t delta) {
+  uint64_t ci = host_offset >> cluster_bits_;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, delta > 0));
+  if (!t)
+    return Status::Corruption("refcount of cluster at " + Hex(host_offset) +
+                              " would drop below 0 (no refcount block)");
+  std::span<uint8_t> blk(t->data(), cluster_size_);
+  uint64_t old = GetRefcount(blk, order_, ci % block_entries_);
+  uint64_t nv;
+  if (delta < 0 && old < static_cast<uint64_t>(-delta)) {
+    cache_->Release(t);
+    return Status::Corruption("refcount of cluster at " + Hex(host_offset) + " would drop below 0");
+  }
+  nv = old + static_cast<uint64_t>(delta);
+  if (delta > 0 && (nv < old || nv > MaxRefcount())) {
+    cache_->Release(t);
+    return Status::InvalidArgument("refcount of cluster at " + Hex(host_offset) +
+                                   " would exceed the maximum " + std::to_string(MaxRefcount()));
+  }
+  SetRefcount(blk, order_, ci % block_entries_, nv);
+  cache_->MarkDirty(t);
+  cache_->Release(t);
+  if (nv == 0) pending_free_.push_back(ci);
+  return nv;
+}
+
+Result<uint64_t> RefcountManager::Allocate(uint64_t n, bool* fresh) {
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < n) continue;
+    uint64_t ci = it->first;
+    uint64_t len = it->second;
+    free_.erase(it);
+    if (len > n) free_[ci + n] = len - n;
+    // A free cluster may have been taken by a refcount block meanwhile.
+    bool taken = false;
+    for (uint64_t i = 0; i < n && !taken; i++) {
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Get((ci + i) << cluster_bits_));
+      taken = rc != 0;
+    }
+    if (taken) continue;  // dropped from the free map: retry with the rest
+    QCOW2J_RETURN_IF_ERROR(SetRange(ci, n, 1));
+    if (fresh) *fresh = false;
+    return ci << cluster_bits_;
+  }
+  // Append. Skip clusters that are in use (e.g. a refcount block the last
+  // allocation placed at the end).
+  for (;;) {
+    uint64_t off = end_;
+    uint64_t ci = off >> cluster_bits_;
+    bool busy = false;
+    for (uint64_t i = 0; i < n && !busy; i++) {
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Get((ci + i) << cluster_bits_));
+      if (rc) {
+        end_ = (ci + i + 1) << cluster_bits_;
+        busy = true;
+      }
+    }
+    if (busy) continue;
+    end_ = off + (n << cluster_bits_);
+    QCOW2J_RETURN_IF_ERROR(SetRange(ci, n, 1));
+    // SetRange may have appended a refcount block after us; that is fine.
+    if (fresh) *fresh = true;
+    return off;
+  }
+}
+
+void RefcountManager::AddFree(uint64_t ci, uint64_t n) {
+  auto next = free_.lower_bound(ci);
+  if (next != free_.end() && next->first == ci + n) {
+    n += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == ci) {
+      prev->second += n;
+      return;
+    }
+  }
+  free_[ci] = n;
+}
+
+void RefcountManager::ReleasePendingFrees() {
+  for (uint64_t ci : pending_free_) AddFree(ci, 1);
+  pending_free_.clear();
+}
+
+Status RefcountManager::WriteBack() {
+  // Blocks first, then the table that points at them, then the header that
+  // points at the table: each step only references what is already written.
+  QCOW2J_RETURN_IF_ERROR(cache_->FlushDirty());
+  if (!table_dirty_) return Status::OK();
+  std::vector<uint8_t> raw(table_.size() * 8);
+  for (size_t i = 0; i < table_.size(); i++) StoreBE64(raw.data() + i * 8, table_[i]);
+  QCOW2J_RETURN_IF_ERROR(file_->Write(table_offset_, raw.data(), raw.size()));
+  if (table_offset_ != cfg_.refcount_table_offset || table_clusters_ != cfg_.refcount_table_clusters) {
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    QCOW2J_RETURN_IF_ERROR(cfg_.update_header(table_offset_, table_clusters_));
+    cfg_.refcount_table_offset = table_offset_;
+    cfg_.refcount_table_clusters = table_clusters_;
+  }
+  table_dirty_ = false;
+  return Status::OK();
+}
+
+}  // namespace qcow2j

@@ -1,0 +1,98 @@
+// Refcounts and cluster allocation for one image file.
+//
+// Allocation appends: new clusters come from the end of the file. Clusters
+// whose refcount drops to 0 are not reused at once: they wait in
+// `pending_free_` until the metadata that freed them is durable (the engine
+// calls ReleasePendingFrees after a flush), because until then a crash would
+// bring back the old L2 entry pointing at them, and their old contents must
+// still be there. Only then do they join the free extents that allocation
+// prefers over appending.
+//
+// Not thread-safe: the engine calls it under its metadata lock.
+#ifndef QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
+#define QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "metadata/table_cache.h"
+#include "qcow2j/file.h"
+#include "qcow2j/status.h"
+
+namespace qcow2j {
+
+class RefcountManager {
+ public:
+  struct Config {
+    File* file = nullptr;
+    uint32_t cluster_bits = 16;
+    uint32_t refcount_order = 4;
+    uint64_t refcount_table_offset = 0;
+    uint32_t refcount_table_clusters = 0;
+    uint64_t file_size = 0;
+    size_t cache_blocks = 0;  // 0: default
+    // Persists a moved/grown refcount table in the image header.
+    std::function<Status(uint64_t offset, uint32_t clusters)> update_header;
+  };
+
+  explicit RefcountManager(const Config& c);
+  // Reads the refcount table.
+  Status Load();
+
+  Result<uint64_t> Get(uint64_t host_offset);
+  // Adds delta (may be negative) to the refcount of the cluster at host_offset
+  // and returns the new value. Corruption on overflow or underflow. A refcount
+  // that reaches 0 is queued as a pending free.
+  Result<uint64_t> Update(uint64_t host_offset, int64_t delta);
+  // Allocates n contiguous clusters with refcount 1: a free extent if one is
+  // large enough, else at the end of the file. *fresh tells whether they were
+  // never written (appended), so they read as zeros.
+  Result<uint64_t> Allocate(uint64_t n, bool* fresh = nullptr);
+  // Clusters whose refcount reached 0 become reusable (call once the
+  // metadata that freed them is durable).
+  void ReleasePendingFrees();
+  // Writes every dirty refcount block (and a grown table).
+  Status WriteBack();
+  bool dirty() const { return table_dirty_ || cache_->dirty_count() > 0; }
+
+  // First cluster offset past every allocation.
+  uint64_t end_offset() const { return end_; }
+  uint64_t table_offset() const { return table_offset_; }
+  uint32_t table_clusters() const { return table_clusters_; }
+  uint64_t cluster_size() const { return cluster_size_; }
+  uint64_t MaxRefcount() const;
+
+ private:
+  // The refcount block covering cluster index `ci`, pinned; allocates it
+  // (and grows the table) when missing and `create` is set. nullptr when
+  // missing and !create.
+  Result<TableCache::Table*> Block(uint64_t ci, bool create);
+  Result<TableCache::Table*> LoadBlock(uint64_t block_offset);
+  Status GrowTable(uint64_t min_entries);
+  // Sets refcount of clusters [first, first+n) to value, all in existing or
+  // created blocks (used for allocation bookkeeping).
+  Status SetRange(uint64_t first_ci, uint64_t n, uint64_t value);
+  void AddFree(uint64_t ci, uint64_t n);
+
+  Config cfg_;
+  File* file_;
+  uint32_t cluster_bits_;
+  uint64_t cluster_size_;
+  uint32_t order_;
+  uint64_t block_entries_;
+  uint64_t table_offset_;
+  uint32_t table_clusters_;
+  std::vector<uint64_t> table_;  // refcount table entries (block offsets)
+  bool table_dirty_ = false;
+  uint64_t end_;                 // append point
+  std::unique_ptr<TableCache> cache_;
+  std::map<uint64_t, uint64_t> free_;  // cluster index -> run length, reusable now
+  std::vector<uint64_t> pending_free_; // cluster indexes freed since the last flush
+};
+
+}  // namespace qcow2j
+
+#endif  // QCOW2J_ALLOC_REFCOUNT_MANAGER_H_

@@ -1,0 +1,175 @@
+// Qcow2Image: the engine behind Image for qcow2 files. This header is
+// internal to the library.
+#ifndef QCOW2J_QCOW2_QCOW2_IMAGE_H_
+#define QCOW2J_QCOW2_QCOW2_IMAGE_H_
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <string>
+#include <vector>
+
+#include "alloc/refcount_manager.h"
+#include "metadata/header.h"
+#include "metadata/l2_entry.h"
+#include "metadata/snapshot_table.h"
+#include "metadata/table_cache.h"
+#include "qcow2j/image.h"
+
+namespace qcow2j {
+
+// A run of guest bytes that one lookup resolved to the same kind of storage.
+struct GuestExtent {
+  enum class Kind { kUnallocated, kZero, kData, kCompressed };
+  Kind kind = Kind::kUnallocated;
+  uint64_t length = 0;
+  // kData: host offset (in the data file) of the extent's first byte.
+  // kZero: host offset of a preallocated zero cluster, or 0.
+  uint64_t host_offset = 0;
+  uint64_t l2_raw = 0;  // kCompressed: the raw L2 entry of the cluster
+};
+
+class Qcow2Image final : public Image {
+ public:
+  // depth: how many images lie above this one in the chain (loop guard).
+  static Result<std::unique_ptr<Image>> Open(const std::string& path, const OpenOptions& opts,
+                                             int depth);
+  ~Qcow2Image() override;
+
+  uint64_t size() const override { return virtual_size_; }
+  ImageInfo Info() override;
+
+  Status Read(uint64_t offset, void* buf, size_t len) override;
+  Status Write(uint64_t offset, const void* buf, size_t len) override;
+  Status WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) override;
+  Status Discard(uint64_t offset, uint64_t len) override;
+  Status Flush() override;
+  Status Close() override;
+  Result<BlockStatus> GetBlockStatus(uint64_t offset, uint64_t max_length) override;
+
+  // The extent at guest `offset` (at most max_length long) in this layer only.
+  Result<GuestExtent> MapExtent(uint64_t offset, uint64_t max_length);
+
+ private:
+  Qcow2Image() = default;
+  Status Load(const std::string& path, const OpenOptions& opts, int depth);
+  Status LoadSnapshots();
+  Status OpenBackingChain(const OpenOptions& opts, int depth);
+  Status OpenDataFile(const OpenOptions& opts);
+
+  // Reads the (L2 raw, bitmap) entry of guest cluster `cluster` of the
+  // active L1. *raw == 0 and *bitmap == 0 when the L1 entry is empty.
+  // Caller holds meta_mu_.
+  Status LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap);
+  // End of the image file as the engine sees it: the size at open, or past
+  // every cluster allocated since (appended clusters may not be written yet).
+  uint64_t HostLimit() const {
+    return refcounts_ ? std::max(file_size_, refcounts_->end_offset()) : file_size_;
+  }
+  Status CheckHostRange(const char* what, uint64_t guest_offset, uint64_t host, uint64_t len,
+                        bool in_data_file);
+  Status ReadCompressed(uint64_t guest_offset, uint64_t l2_raw, uint64_t in_cluster, uint8_t* dst,
+                        size_t len);
+  Status ReadBacking(uint64_t offset, uint8_t* dst, size_t len);
+
+  // ---- write path (qcow2_write.cc) ----
+  // Head/tail of a newly allocated cluster that still holds no data: the old
+  // contents (described by the cluster's previous L2 entry) are copied in at
+  // the next flush, or before a read needs them, unless writes cover them
+  // first. `uncovered` maps in-cluster start -> end.
+  struct PendingCow {
+    uint64_t host = 0;
+    uint64_t old_raw = 0, old_bitmap = 0;
+    std::map<uint64_t, uint64_t> uncovered;
+  };
+  // A cluster being allocated: its L2 entry already points at the new host
+  // cluster, but the data of the allocating request has not landed yet, so
+  // readers wait.
+  struct Inflight {
+    int writers = 0;
+  };
+  Status InitWriter();
+  Status CheckWritable(const char* op, uint64_t offset, uint64_t len);
+  Status WritePiece(uint64_t pos, const uint8_t* src, size_t n);
+  Status ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap);
+  // Pinned L2 slice holding `cluster`'s entry, with the L2 table allocated or
+  // copied (if shared) first. *entry points at the entry inside the slice.
+  Result<TableCache::Table*> WritableL2Locked(uint64_t cluster, uint8_t** entry);
+  void FreeOldLocked(uint64_t old_raw, bool punch);
+  bool SourceIsZero(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t a, uint64_t b);
+  void CoverLocked(uint64_t cluster, uint64_t in, uint64_t len);
+  Status ResolveCowLocked(uint64_t cluster);
+  Status ResolveAllCowLocked();
+  Status ReadOldContent(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t in,
+                        uint8_t* dst, size_t len);
+  // Waits until no request allocates or fills a cluster in [first, last].
+  void WaitInflightLocked(std::unique_lock<std::mutex>& lk, uint64_t first, uint64_t last);
+  Status FlushLocked(std::unique_lock<std::mutex>& lk);
+  Status WriteL1Locked();
+  Status WriteHeaderField(uint64_t offset, const void* data, size_t len);
+
+  std::unique_ptr<RefcountManager> refcounts_;
+  std::set<uint64_t> l1_dirty_;
+  std::unordered_map<uint64_t, PendingCow> cow_;
+  std::unordered_map<uint64_t, Inflight> inflight_;
+  std::condition_variable inflight_cv_;
+  // Refcount decrements wait until the L2/L1 change that dropped the
+  // reference is durable (else a crash leaves an entry pointing at a
+  // cluster with refcount 0). `punch`: the cluster was discarded.
+  struct Decrement {
+    uint64_t host;
+    bool punch;
+  };
+  std::vector<Decrement> decrements_;
+  bool draining_ = false;  // a flush waits for in-flight allocations
+  Status failed_;          // sticky: metadata write-back failed, the image is unusable
+
+  std::string path_;
+  std::string dir_;  // folder of path_, for relative backing names
+  Env* env_ = nullptr;
+  std::unique_ptr<File> file_;
+  std::unique_ptr<File> data_file_owned_;
+  File* data_file_ = nullptr;  // file_ unless an external data file is used
+  std::unique_ptr<Image> backing_;
+  std::string backing_path_;   // resolved
+  std::string backing_fmt_;    // resolved (given or probed)
+  OpenOptions opts_;
+  bool read_only_ = true;
+  bool closed_ = false;
+
+  Header header_;
+  uint64_t file_size_ = 0;
+  uint64_t data_file_size_ = 0;
+  uint64_t virtual_size_ = 0;
+  uint32_t cluster_bits_ = 16;
+  uint64_t cluster_size_ = 65536;
+  uint32_t l2_entry_bytes_ = 8;  // 16 with extended L2
+  uint32_t l2_bits_ = 13;        // log2(entries per L2 table)
+  uint32_t slice_bytes_ = 4096;  // the L2 cache's unit
+  uint32_t slice_entries_bits_ = 9;
+  std::vector<SnapshotEntry> snapshots_;
+  int snapshot_index_ = -1;      // >= 0 when opened on a snapshot's view
+
+  // Guards the L1 table and the metadata caches. Data transfers never hold it.
+  std::mutex meta_mu_;
+  std::vector<uint64_t> l1_;
+  std::unique_ptr<TableCache> l2_cache_;
+};
+
+// Resolves a backing file name stored in an image against the folder of the
+// image (relative names) and returns the path to open.
+// Creates a qcow2 image (qcow2/create.cc).
+Status CreateQcow2(const std::string& path, const CreateOptions& opts);
+
+std::string ResolveBackingPath(const std::string& image_dir, const std::string& backing_name);
+// Probes the format of an open file: "qcow2" if it starts with the magic, else "raw".
+Result<std::string> ProbeFormat(File* file);
+
+}  // namespace qcow2j
+
+#endif  // QCOW2J_QCOW2_QCOW2_IMAGE_H_

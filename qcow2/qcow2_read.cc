@@ -1,0 +1,275 @@
+// The read path: guest offset -> L1 -> L2 slice (cached) -> extent kind ->
+// data from the image, the data file, the backing chain, zeros or a
+// decompressed cluster. Metadata decisions happen under meta_mu_; data
+// transfers happen after it is released.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "metadata/endian.h"
+#include "qcow2/compression.h"
+#include "qcow2/qcow2_image.h"
+
+namespace qcow2j {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+Status Qcow2Image::LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap) {
+  *raw = 0;
+  *bitmap = 0;
+  uint64_t l1_index = cluster >> l2_bits_;
+  if (l1_index >= l1_.size()) return Status::OK();
+  L1Entry l1 = L1Entry::Decode(l1_[l1_index]);
+  if (l1.l2_offset == 0) return Status::OK();
+  if (l1.reserved_bits)
+    return Status::Corruption("L1 entry " + std::to_string(l1_index) + " (" + Hex(l1_[l1_index]) +
+                              ") has reserved bits set");
+  if (l1.l2_offset & (cluster_size_ - 1))
+    return Status::Corruption("L1 entry " + std::to_string(l1_index) + ": L2 table offset " +
+                              Hex(l1.l2_offset) + " is not aligned to the cluster size");
+  const uint64_t limit = HostLimit();
+  if (l1.l2_offset >= limit || cluster_size_ > limit - l1.l2_offset)
+    return Status::Corruption("L1 entry " + std::to_string(l1_index) + ": L2 table offset " +
+                              Hex(l1.l2_offset) + " is past the end of the image file (" +
+                              std::to_string(limit) + " bytes)");
+  if (l1.l2_offset == 0 || l1.l2_offset < cluster_size_)
+    return Status::Corruption("L1 entry " + std::to_string(l1_index) +
+                              ": L2 table overlaps the image header");
+
+  uint64_t index = cluster & ((1ull << l2_bits_) - 1);
+  uint64_t slice = index >> slice_entries_bits_;
+  uint64_t slice_offset = l1.l2_offset + slice * slice_bytes_;
+  TableCache::Table* t = l2_cache_->Get(slice_offset);
+  if (!t) {
+    QCOW2J_ASSIGN_OR_RETURN(t, l2_cache_->Put(slice_offset));
+    Status s = file_->Read(slice_offset, t->data(), slice_bytes_);
+    if (!s.ok()) {
+      l2_cache_->Release(t);
+      l2_cache_->Erase(slice_offset);
+      return s;
+    }
+  }
+  const uint8_t* p = t->data() + (index & ((1ull << slice_entries_bits_) - 1)) * l2_entry_bytes_;
+  *raw = LoadBE64(p);
+  if (l2_entry_bytes_ == 16) *bitmap = LoadBE64(p + 8);
+  l2_cache_->Release(t);
+  return Status::OK();
+}
+
+Status Qcow2Image::CheckHostRange(const char* what, uint64_t guest_offset, uint64_t host,
+                                  uint64_t len, bool in_data_file) {
+  if (in_data_file && data_file_ != file_.get()) return Status::OK();  // data files may be short
+  uint64_t limit = HostLimit();
+  if (host >= limit || len > limit - host)
+    return Status::Corruption(std::string(what) + " for guest offset " + Hex(guest_offset) +
+                              " points at host offset " + Hex(host) +
+                              ", past the end of the image file (" + std::to_string(limit) +
+                              " bytes)");
+  if (host < cluster_size_)
+    return Status::Corruption(std::string(what) + " for guest offset " + Hex(guest_offset) +
+                              " points into the image header (host offset " + Hex(host) + ")");
+  return Status::OK();
+}
+
+Result<GuestExtent> Qcow2Image::MapExtent(uint64_t offset, uint64_t max_length) {
+  GuestExtent ext;
+  max_length = std::min(max_length, virtual_size_ > offset ? virtual_size_ - offset : 0);
+  if (max_length == 0) return ext;
+  const bool extended = header_.extended_l2();
+  const uint64_t sc_size = extended ? cluster_size_ / kSubclustersPerCluster : cluster_size_;
+  std::unique_lock<std::mutex> lock(meta_mu_);
+  uint64_t pos = offset;
+  bool first = true;
+  while (pos < offset + max_length) {
+    uint64_t cluster = pos >> cluster_bits_;
+    // A cluster whose allocating write is still in flight is waited for; one
+    // with pending COW gets its old contents copied in before it is read.
+    if (inflight_.count(cluster)) {
+      if (!first) return ext;
+      inflight_cv_.wait(lock);
+      continue;
+    }
+    if (cow_.count(cluster)) QCOW2J_RETURN_IF_ERROR(ResolveCowLocked(cluster));
+    uint64_t raw, bitmap;
+    QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
+    L2Entry e = L2Entry::Decode(raw, bitmap, extended);
+    uint64_t in_cluster = pos & (cluster_size_ - 1);
+    // Within one cluster, walk subclusters (a standard entry is one "subcluster").
+    uint64_t cluster_end = (cluster + 1) << cluster_bits_;
+    if (!extended || e.compressed()) {
+      if (e.reserved_bits())
+        return Status::Corruption("L2 entry for guest offset " + Hex(pos) + " (" + Hex(raw) +
+                                  ") has reserved bits set");
+    }
+    if (extended && e.invalid_bitmap_bits())
+      return Status::Corruption("extended L2 entry for guest offset " + Hex(pos) +
+                                " has an invalid subcluster bitmap " + Hex(bitmap));
+    while (pos < cluster_end && pos < offset + max_length) {
+      GuestExtent::Kind kind;
+      uint64_t host = 0;
+      unsigned sc = extended ? static_cast<unsigned>(in_cluster / sc_size) : 0;
+      uint64_t piece_end = extended && !e.compressed() ? (pos & ~(sc_size - 1)) + sc_size : cluster_end;
+      switch (e.type()) {
+        case ClusterType::kCompressed: kind = GuestExtent::Kind::kCompressed; break;
+        case ClusterType::kZeroPlain: kind = GuestExtent::Kind::kZero; break;
+        case ClusterType::kZeroAllocated:
+          kind = GuestExtent::Kind::kZero;
+          host = e.host_offset() + in_cluster;
+          break;
+        case ClusterType::kUnallocated:
+        case ClusterType::kNormal:
+        default: {
+          SubclusterType st = e.subcluster_type(sc);
+          if (st == SubclusterType::kNormal) {
+            kind = GuestExtent::Kind::kData;
+            host = e.host_offset() + in_cluster;
+            if (e.host_offset() & (cluster_size_ - 1))
+              return Status::Corruption("L2 entry for guest offset " + Hex(pos) +
+                                        ": data offset " + Hex(e.host_offset()) +
+                                        " is not aligned to the cluster size");
+            QCOW2J_RETURN_IF_ERROR(
+                CheckHostRange("L2 entry", pos, e.host_offset(), cluster_size_, true));
+          } else if (st == SubclusterType::kZero) {
+            kind = GuestExtent::Kind::kZero;
+          } else if (st == SubclusterType::kUnallocated) {
+            kind = GuestExtent::Kind::kUnallocated;
+          } else {
+            return Status::Corruption("extended L2 entry for guest offset " + Hex(pos) +
+                                      " has an invalid subcluster " + std::to_string(sc));
+          }
+        }
+      }
+      if (kind == GuestExtent::Kind::kCompressed) {
+        if (!first) return ext;  // a compressed cluster is always an extent of its own
+        ext.kind = kind;
+        ext.l2_raw = raw;
+        ext.length = std::min(cluster_end, offset + max_length) - pos;
+        return ext;
+      }
+      uint64_t n = std::min(piece_end, offset + max_length) - pos;
+      if (first) {
+        ext.kind = kind;
+        ext.host_offset = host;
+        first = false;
+      } else if (kind != ext.kind ||
+                 (kind == GuestExtent::Kind::kData && host != ext.host_offset + ext.length) ||
+                 (kind == GuestExtent::Kind::kZero && (host != 0) != (ext.host_offset != 0)) ||
+                 (kind == GuestExtent::Kind::kZero && host && host != ext.host_offset + ext.length)) {
+        return ext;
+      }
+      ext.length += n;
+      pos += n;
+      in_cluster = pos & (cluster_size_ - 1);
+    }
+  }
+  return ext;
+}
+
+Status Qcow2Image::ReadCompressed(uint64_t guest_offset, uint64_t l2_raw, uint64_t in_cluster,
+                                  uint8_t* dst, size_t len) {
+  if (data_file_ != file_.get())
+    return Status::Corruption("compressed L2 entry for guest offset " + Hex(guest_offset) +
+                              " in an image with an external data file");
+  CompressedDescriptor d = CompressedDescriptor::Decode(l2_raw, cluster_bits_);
+  uint64_t csize = d.compressed_size();
+  if (d.host_offset < cluster_size_ || d.host_offset >= HostLimit())
+    return Status::Corruption("compressed cluster descriptor for guest offset " + Hex(guest_offset) +
+                              " points at host offset " + Hex(d.host_offset) +
+                              " outside the image file (" + std::to_string(HostLimit()) + " bytes)");
+  // The descriptor may name sectors past EOF for the last cluster; those read as zeros.
+  csize = std::min<uint64_t>(csize, 2 * cluster_size_ + 512);
+  std::vector<uint8_t> cbuf(csize);
+  QCOW2J_RETURN_IF_ERROR(file_->Read(d.host_offset, cbuf.data(), cbuf.size()));
+  std::vector<uint8_t> cluster(cluster_size_);
+  auto type = static_cast<CompressionType>(header_.compression_type);
+  Status s = DecompressCluster(type, cbuf, cluster);
+  if (!s.ok())
+    return s.Annotate("compressed cluster for guest offset " + Hex(guest_offset) + " at host offset " +
+                      Hex(d.host_offset));
+  std::memcpy(dst, cluster.data() + in_cluster, len);
+  return Status::OK();
+}
+
+Status Qcow2Image::ReadBacking(uint64_t offset, uint8_t* dst, size_t len) {
+  uint64_t bsize = backing_ ? backing_->size() : 0;
+  size_t from_backing = offset < bsize ? static_cast<size_t>(std::min<uint64_t>(len, bsize - offset)) : 0;
+  if (from_backing) QCOW2J_RETURN_IF_ERROR(backing_->Read(offset, dst, from_backing));
+  if (from_backing < len) std::memset(dst + from_backing, 0, len - from_backing);
+  return Status::OK();
+}
+
+Status Qcow2Image::Read(uint64_t offset, void* buf, size_t len) {
+  if (closed_) return Status::Aborted("image '" + path_ + "' is closed");
+  if (offset > virtual_size_ || len > virtual_size_ - offset)
+    return Status::InvalidArgument("read of " + std::to_string(len) + " bytes at offset " +
+                                   std::to_string(offset) + " is past the end of the image (" +
+                                   std::to_string(virtual_size_) + " bytes)");
+  auto* dst = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    QCOW2J_ASSIGN_OR_RETURN(GuestExtent ext, MapExtent(offset, len));
+    size_t n = static_cast<size_t>(ext.length);
+    switch (ext.kind) {
+      case GuestExtent::Kind::kUnallocated:
+        QCOW2J_RETURN_IF_ERROR(ReadBacking(offset, dst, n));
+        break;
+      case GuestExtent::Kind::kZero:
+        std::memset(dst, 0, n);
+        break;
+      case GuestExtent::Kind::kData:
+        QCOW2J_RETURN_IF_ERROR(data_file_->Read(ext.host_offset, dst, n));
+        break;
+      case GuestExtent::Kind::kCompressed:
+        QCOW2J_RETURN_IF_ERROR(
+            ReadCompressed(offset, ext.l2_raw, offset & (cluster_size_ - 1), dst, n));
+        break;
+    }
+    dst += n;
+    offset += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+Result<BlockStatus> Qcow2Image::GetBlockStatus(uint64_t offset, uint64_t max_length) {
+  BlockStatus bs;
+  bs.offset = offset;
+  QCOW2J_ASSIGN_OR_RETURN(GuestExtent ext, MapExtent(offset, max_length));
+  bs.length = ext.length;
+  bs.filename = path_;
+  switch (ext.kind) {
+    case GuestExtent::Kind::kData:
+      bs.present = bs.data = true;
+      bs.host_offset = ext.host_offset;
+      if (data_file_ != file_.get()) bs.filename = ResolveBackingPath(dir_, *header_.data_file);
+      break;
+    case GuestExtent::Kind::kCompressed:
+      bs.present = bs.data = bs.compressed = true;
+      break;
+    case GuestExtent::Kind::kZero:
+      bs.present = bs.zero = true;
+      if (ext.host_offset) bs.host_offset = ext.host_offset;
+      break;
+    case GuestExtent::Kind::kUnallocated: {
+      uint64_t bsize = backing_ ? backing_->size() : 0;
+      if (offset < bsize) {
+        QCOW2J_ASSIGN_OR_RETURN(BlockStatus b,
+                                backing_->GetBlockStatus(offset, std::min(ext.length, bsize - offset)));
+        b.depth += 1;
+        return b;
+      }
+      bs.zero = true;  // past the backing file (or none): reads as zeros
+      if (backing_) bs.depth = 1;
+      break;
+    }
+  }
+  return bs;
+}
+
+}  // namespace qcow2j

@@ -1,0 +1,538 @@
+// The write path: in-place writes, allocating writes with delayed COW,
+// write-zeroes, discard, and the ordered flush used without a journal.
+//
+// Concurrency: every metadata decision (lookup, allocation, L2 update) is
+// made under meta_mu_, so one guest cluster can never get two host
+// clusters: the first writer allocates and publishes the new L2 entry before
+// it drops the lock; later writers find the cluster allocated and write in
+// place. Data transfers run without the lock. Readers of a cluster whose
+// data is still in flight (`inflight_`) wait; readers of a cluster with
+// pending COW resolve it first.
+//
+// Ordering on disk without a journal (why each step is safe):
+//   1. data, COW fills and refcount increments are written, then synced: a
+//      crash now leaks at worst (refcount without a reference).
+//   2. L2 slices and L1 entries are written, then synced: each new entry
+//      points at data and a refcount that are already durable.
+//   3. refcount decrements (dropped references) are applied only now: the
+//      entries that referenced those clusters are gone on disk, so a
+//      refcount can never be lower than its references. Freed clusters are
+//      reused only from here on, for the same reason.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "metadata/endian.h"
+#include "metadata/refcount_block.h"
+#include "qcow2/compression.h"
+#include "qcow2/qcow2_image.h"
+
+namespace qcow2j {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+constexpr uint64_t kAllAllocated = 0xffffffffull;
+constexpr uint64_t kAllZero = 0xffffffffull << 32;
+
+}  // namespace
+
+Status Qcow2Image::InitWriter() {
+  if (header_.crypt_method) return Status::NotSupported("encrypted images are not supported");
+  RefcountManager::Config c;
+  c.file = file_.get();
+  c.cluster_bits = cluster_bits_;
+  c.refcount_order = header_.refcount_order;
+  c.refcount_table_offset = header_.refcount_table_offset;
+  c.refcount_table_clusters = header_.refcount_table_clusters;
+  c.file_size = file_size_;
+  c.cache_blocks = opts_.refcount_cache_size >> cluster_bits_;
+  c.update_header = [this](uint64_t off, uint32_t clusters) -> Status {
+    uint8_t buf[12];
+    StoreBE64(buf, off);
+    StoreBE32(buf + 8, clusters);
+    header_.refcount_table_offset = off;
+    header_.refcount_table_clusters = clusters;
+    return WriteHeaderField(48, buf, 12);
+  };
+  refcounts_ = std::make_unique<RefcountManager>(c);
+  QCOW2J_RETURN_IF_ERROR(refcounts_->Load());
+  // We do not keep persistent bitmaps up to date: clearing their autoclear
+  // bit tells QEMU they are stale, as the spec intends for unaware writers.
+  uint64_t keep = header_.autoclear_features & (kAutoclearDataFileRaw | kAutoclearJournalValid);
+  if (header_.version >= 3 && keep != header_.autoclear_features) {
+    header_.autoclear_features = keep;
+    uint8_t buf[8];
+    StoreBE64(buf, keep);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(88, buf, 8));
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  }
+  return Status::OK();
+}
+
+Status Qcow2Image::WriteHeaderField(uint64_t offset, const void* data, size_t len) {
+  return file_->Write(offset, data, len);
+}
+
+Status Qcow2Image::CheckWritable(const char* op, uint64_t offset, uint64_t len) {
+  if (closed_) return Status::Aborted("image '" + path_ + "' is closed");
+  if (read_only_) return Status::ReadOnly("image '" + path_ + "' is opened read-only");
+  if (!failed_.ok()) return failed_;
+  if (offset > virtual_size_ || len > virtual_size_ - offset)
+    return Status::InvalidArgument(std::string(op) + " of " + std::to_string(len) +
+                                   " bytes at offset " + std::to_string(offset) +
+                                   " is past the end of the image (" +
+                                   std::to_string(virtual_size_) + " bytes)");
+  return Status::OK();
+}
+
+void Qcow2Image::WaitInflightLocked(std::unique_lock<std::mutex>& lk, uint64_t first,
+                                    uint64_t last) {
+  for (;;) {
+    bool busy = false;
+    if (last - first < inflight_.size()) {
+      for (uint64_t c = first; c <= last && !busy; c++) busy = inflight_.count(c);
+    } else {
+      for (auto& [c, _] : inflight_) busy |= c >= first && c <= last;
+    }
+    if (!busy) return;
+    inflight_cv_.wait(lk);
+  }
+}
+
+Result<TableCache::Table*> Qcow2Image::WritableL2Locked(uint64_t cluster, uint8_t** entry) {
+  uint64_t l1_index = cluster >> l2_bits_;
+  if (l1_index >= l1_.size())
+    return Status::InvalidArgument("guest cluster " + std::to_string(cluster) + " is beyond the L1 table");
+  L1Entry l1 = L1Entry::Decode(l1_[l1_index]);
+  if (l1.reserved_bits || (l1.l2_offset & (cluster_size_ - 1)))
+    return Status::Corruption("L1 entry " + std::to_string(l1_index) + " (" + Hex(l1_[l1_index]) +
+                              ") is invalid");
+  if (l1.l2_offset == 0 || !l1.copied) {
+    // A new table, or a private copy of one shared with a snapshot.
+    bool fresh = false;
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t table, refcounts_->Allocate(1, &fresh));
+    if (l1.l2_offset) {
+      std::vector<uint8_t> buf(cluster_size_);
+      // Dirty cached slices of the old table are newer than its disk copy.
+      QCOW2J_RETURN_IF_ERROR(file_->Read(l1.l2_offset, buf.data(), buf.size()));
+      for (uint64_t s = 0; s < cluster_size_ / slice_bytes_; s++) {
+        uint64_t off = l1.l2_offset + s * slice_bytes_;
+        if (TableCache::Table* t = l2_cache_->Get(off)) {
+          std::memcpy(buf.data() + s * slice_bytes_, t->data(), slice_bytes_);
+          l2_cache_->Release(t);
+        }
+      }
+      QCOW2J_RETURN_IF_ERROR(file_->Write(table, buf.data(), buf.size()));
+      decrements_.push_back({l1.l2_offset, false});
+    } else if (!fresh) {
+      QCOW2J_RETURN_IF_ERROR(file_->ZeroRange(table, cluster_size_));
+    }
+    l1_[l1_index] = table | kOflagCopied;
+    l1_dirty_.insert(l1_index);
+    l1 = L1Entry::Decode(l1_[l1_index]);
+  }
+  uint64_t index = cluster & ((1ull << l2_bits_) - 1);
+  uint64_t slice_offset = l1.l2_offset + (index >> slice_entries_bits_) * slice_bytes_;
+  TableCache::Table* t = l2_cache_->Get(slice_offset);
+  if (!t) {
+    QCOW2J_ASSIGN_OR_RETURN(t, l2_cache_->Put(slice_offset));
+    Status s = file_->Read(slice_offset, t->data(), slice_bytes_);
+    if (!s.ok()) {
+      l2_cache_->Release(t);
+      l2_cache_->Erase(slice_offset);
+      return s;
+    }
+  }
+  *entry = t->data() + (index & ((1ull << slice_entries_bits_) - 1)) * l2_entry_bytes_;
+  return t;
+}
+
+void Qcow2Image::FreeOldLocked(uint64_t old_raw, bool punch) {
+  if (data_file_ != file_.get()) return;  // data clusters live in the data file, not refcounted
+  if (old_raw & kOflagCompressed) {
+    CompressedDescriptor d = CompressedDescriptor::Decode(old_raw, cluster_bits_);
+    uint64_t first = d.host_offset & ~(cluster_size_ - 1);
+    uint64_t last = (d.host_offset + d.compressed_size() - 1) & ~(cluster_size_ - 1);
+    for (uint64_t c = first; c <= last; c += cluster_size_) decrements_.push_back({c, false});
+    return;
+  }
+  uint64_t host = old_raw & kL2OffsetMask;
+  if (host) decrements_.push_back({host, punch});
+}
+
+bool Qcow2Image::SourceIsZero(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t a,
+                              uint64_t b) {
+  L2Entry e = L2Entry::Decode(old_raw, old_bitmap, header_.extended_l2());
+  if (e.compressed()) return false;
+  uint64_t guest = (cluster << cluster_bits_) + a;
+  bool backing_zero = !backing_ || guest >= backing_->size();
+  if (!header_.extended_l2()) {
+    ClusterType t = e.type();
+    if (t == ClusterType::kZeroPlain || t == ClusterType::kZeroAllocated) return true;
+    return t == ClusterType::kUnallocated && backing_zero;
+  }
+  uint64_t sc_size = cluster_size_ / kSubclustersPerCluster;
+  for (uint64_t sc = a / sc_size; sc <= (b - 1) / sc_size; sc++) {
+    SubclusterType st = e.subcluster_type(static_cast<unsigned>(sc));
+    if (st == SubclusterType::kNormal) return false;
+    if (st == SubclusterType::kUnallocated && !backing_zero) return false;
+  }
+  return true;
+}
+
+void Qcow2Image::CoverLocked(uint64_t cluster, uint64_t in, uint64_t len) {
+  auto it = cow_.find(cluster);
+  if (it == cow_.end()) return;
+  auto& u = it->second.uncovered;
+  uint64_t a = in, b = in + len;
+  // Split every uncovered range that overlaps [a, b).
+  auto r = u.upper_bound(a);
+  if (r != u.begin()) --r;
+  while (r != u.end() && r->first < b) {
+    uint64_t ra = r->first, rb = r->second;
+    if (rb <= a) {
+      ++r;
+      continue;
+    }
+    r = u.erase(r);
+    if (ra < a) u[ra] = a;
+    if (rb > b) u[b] = rb;
+  }
+  if (u.empty()) cow_.erase(it);
+}
+
+Status Qcow2Image::ReadOldContent(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap,
+                                  uint64_t in, uint8_t* dst, size_t len) {
+  const bool ext = header_.extended_l2();
+  L2Entry e = L2Entry::Decode(old_raw, old_bitmap, ext);
+  uint64_t guest = (cluster << cluster_bits_) + in;
+  if (e.compressed()) return ReadCompressed(guest, old_raw, in, dst, len);
+  uint64_t sc_size = ext ? cluster_size_ / kSubclustersPerCluster : cluster_size_;
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, sc_size - (in % sc_size)));
+    SubclusterType st = e.subcluster_type(static_cast<unsigned>(ext ? in / sc_size : 0));
+    if (!ext && (e.type() == ClusterType::kZeroPlain || e.type() == ClusterType::kZeroAllocated))
+      st = SubclusterType::kZero;
+    if (st == SubclusterType::kNormal) {
+      QCOW2J_RETURN_IF_ERROR(data_file_->Read(e.host_offset() + in, dst, n));
+    } else if (st == SubclusterType::kZero) {
+      std::memset(dst, 0, n);
+    } else {
+      QCOW2J_RETURN_IF_ERROR(ReadBacking(guest, dst, n));
+    }
+    dst += n;
+    in += n;
+    guest += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+Status Qcow2Image::ResolveCowLocked(uint64_t cluster) {
+  auto it = cow_.find(cluster);
+  if (it == cow_.end()) return Status::OK();
+  PendingCow pc = std::move(it->second);
+  cow_.erase(it);
+  std::vector<uint8_t> buf;
+  for (auto [a, b] : pc.uncovered) {
+    buf.resize(b - a);
+    QCOW2J_RETURN_IF_ERROR(ReadOldContent(cluster, pc.old_raw, pc.old_bitmap, a, buf.data(), b - a));
+    QCOW2J_RETURN_IF_ERROR(data_file_->Write(pc.host + a, buf.data(), b - a));
+  }
+  return Status::OK();
+}
+
+Status Qcow2Image::ResolveAllCowLocked() {
+  // In host order, so the fills go out as a sequential stream.
+  std::vector<std::pair<uint64_t, uint64_t>> order;
+  order.reserve(cow_.size());
+  for (auto& [c, pc] : cow_) order.emplace_back(pc.host, c);
+  std::sort(order.begin(), order.end());
+  for (auto& [host, c] : order) QCOW2J_RETURN_IF_ERROR(ResolveCowLocked(c));
+  return Status::OK();
+}
+
+Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
+  const uint64_t cluster = pos >> cluster_bits_;
+  const uint64_t in = pos & (cluster_size_ - 1);
+  const bool ext = header_.extended_l2();
+  const uint64_t sc_size = cluster_size_ / kSubclustersPerCluster;
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  for (;;) {
+    if (!failed_.ok()) return failed_;
+    uint64_t raw, bitmap;
+    QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
+    L2Entry e = L2Entry::Decode(raw, bitmap, ext);
+    bool in_place = !e.compressed() && e.type() == ClusterType::kNormal && e.copied();
+    if (in_place && ext) {
+      for (uint64_t sc = in / sc_size; sc <= (in + n - 1) / sc_size; sc++)
+        in_place &= e.subcluster_type(static_cast<unsigned>(sc)) == SubclusterType::kNormal;
+    }
+    bool tracked = cow_.count(cluster) || inflight_.count(cluster);
+    if (draining_ && (tracked || !in_place)) {
+      inflight_cv_.wait(lk);
+      continue;
+    }
+    if (in_place) {
+      uint64_t host = e.host_offset();
+      if (host & (cluster_size_ - 1))
+        return Status::Corruption("L2 entry for guest offset " + Hex(pos) + ": data offset " +
+                                  Hex(host) + " is not aligned to the cluster size");
+      if (tracked) {
+        CoverLocked(cluster, in, n);
+        inflight_[cluster].writers++;
+      }
+      lk.unlock();
+      Status s = data_file_->Write(host + in, src, n);
+      if (tracked) {
+        lk.lock();
+        if (--inflight_[cluster].writers == 0) {
+          inflight_.erase(cluster);
+          inflight_cv_.notify_all();
+        }
+      }
+      return s;
+    }
+    break;
+  }
+
+  // Allocating write: decide everything under the lock, publish the new L2
+  // entry, then transfer the data without it.
+  uint8_t* ent = nullptr;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(cluster, &ent));
+  const uint64_t old_raw = LoadBE64(ent);
+  const uint64_t old_bitmap = ext ? LoadBE64(ent + 8) : 0;
+  L2Entry old = L2Entry::Decode(old_raw, old_bitmap, ext);
+  const bool external = data_file_ != file_.get();
+  uint64_t host = 0;
+  bool fresh = false, reuse = false;
+  if (!old.compressed() && old.host_offset() && old.copied()) {
+    host = old.host_offset();  // preallocated zero cluster, or subclusters left to allocate
+    reuse = true;
+  } else if (external) {
+    host = cluster << cluster_bits_;  // external data files mirror the guest layout
+  } else {
+    auto a = refcounts_->Allocate(1, &fresh);
+    if (!a.ok()) {
+      l2_cache_->Release(slice);
+      return a.status();
+    }
+    host = *a;
+  }
+  uint64_t new_bitmap = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> cow;  // in-cluster ranges needing old contents
+  const bool whole_copy = old.compressed() || (old.host_offset() && !old.copied());
+  if (!ext || whole_copy) {
+    if (in > 0) cow.emplace_back(0, in);
+    if (in + n < cluster_size_) cow.emplace_back(in + n, cluster_size_);
+    new_bitmap = kAllAllocated;
+  } else {
+    new_bitmap = old_bitmap;
+    uint64_t first = in / sc_size, last = (in + n - 1) / sc_size;
+    if (in % sc_size && old.subcluster_type(static_cast<unsigned>(first)) != SubclusterType::kNormal)
+      cow.emplace_back(first * sc_size, in);
+    if ((in + n) % sc_size &&
+        old.subcluster_type(static_cast<unsigned>(last)) != SubclusterType::kNormal)
+      cow.emplace_back(in + n, (last + 1) * sc_size);
+    for (uint64_t sc = first; sc <= last; sc++) {
+      new_bitmap |= 1ull << sc;
+      new_bitmap &= ~(1ull << (sc + 32));
+    }
+  }
+  StoreBE64(ent, host | kOflagCopied);
+  if (ext) StoreBE64(ent + 8, new_bitmap);
+  l2_cache_->MarkDirty(slice);
+  l2_cache_->Release(slice);
+  if (!reuse) FreeOldLocked(old_raw, false);
+  for (auto [a, b] : cow) {
+    if (fresh && SourceIsZero(cluster, old_raw, old_bitmap, a, b)) continue;  // reads as zeros already
+    PendingCow& pc = cow_[cluster];
+    if (pc.uncovered.empty()) {
+      pc.host = host;
+      pc.old_raw = old_raw;
+      pc.old_bitmap = old_bitmap;
+    }
+    pc.uncovered[a] = b;
+  }
+  inflight_[cluster].writers++;
+  lk.unlock();
+  Status s = data_file_->Write(host + in, src, n);
+  lk.lock();
+  if (--inflight_[cluster].writers == 0) {
+    inflight_.erase(cluster);
+    inflight_cv_.notify_all();
+  }
+  return s;
+}
+
+Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
+  QCOW2J_RETURN_IF_ERROR(CheckWritable("write", offset, len));
+  const auto* src = static_cast<const uint8_t*>(buf);
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, cluster_size_ - (offset & (cluster_size_ - 1))));
+    QCOW2J_RETURN_IF_ERROR(WritePiece(offset, src, n));
+    offset += n;
+    src += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+// Makes one whole cluster read as zeros (zero=true) or discards it.
+Status Qcow2Image::ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap) {
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  while (draining_) inflight_cv_.wait(lk);
+  WaitInflightLocked(lk, cluster, cluster);
+  cow_.erase(cluster);  // the whole cluster is being replaced
+  uint64_t raw, bitmap;
+  QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
+  const bool ext = header_.extended_l2();
+  L2Entry old = L2Entry::Decode(raw, bitmap, ext);
+  const bool v3 = header_.version >= 3;
+  uint64_t new_raw = 0, new_bitmap = 0;
+  bool keep_host = false;
+  if (ext) {
+    // Zero subclusters; the host cluster stays unless we may drop it.
+    keep_host = !unmap && old.host_offset() && old.copied() && !old.compressed();
+    new_raw = keep_host ? raw : 0;
+    new_bitmap = kAllZero;
+    if (!zero && !backing_ && !keep_host) new_bitmap = 0;
+  } else if (v3 && (zero || backing_ || old.type() != ClusterType::kUnallocated)) {
+    keep_host = zero && !unmap && old.host_offset() && old.copied() && !old.compressed();
+    new_raw = kOflagZero | (keep_host ? (raw & (kL2OffsetMask | kOflagCopied)) : 0);
+  } else if (backing_ && zero) {
+    return Status::NotSupported("zero clusters need compat=1.1");  // caller writes zeros instead
+  }
+  if (raw == new_raw && bitmap == new_bitmap) return Status::OK();
+  if (raw == 0 && !ext && new_raw == 0) return Status::OK();
+  uint8_t* ent = nullptr;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(cluster, &ent));
+  StoreBE64(ent, new_raw);
+  if (ext) StoreBE64(ent + 8, new_bitmap);
+  l2_cache_->MarkDirty(slice);
+  l2_cache_->Release(slice);
+  if (!keep_host) FreeOldLocked(raw, !zero || unmap);
+  return Status::OK();
+}
+
+Status Qcow2Image::WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) {
+  QCOW2J_RETURN_IF_ERROR(CheckWritable("write zeroes", offset, len));
+  std::vector<uint8_t> zeros;
+  while (len > 0) {
+    uint64_t in = offset & (cluster_size_ - 1);
+    uint64_t n = std::min<uint64_t>(len, cluster_size_ - in);
+    bool whole = in == 0 && (n == cluster_size_ || offset + n == virtual_size_);
+    Status s = whole ? ZeroOrDiscardCluster(offset >> cluster_bits_, true, may_unmap)
+                     : Status::NotSupported("partial");
+    if (s.code() == Code::kNotSupported) {
+      zeros.assign(n, 0);
+      s = Write(offset, zeros.data(), n);
+    }
+    QCOW2J_RETURN_IF_ERROR(s);
+    offset += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+Status Qcow2Image::Discard(uint64_t offset, uint64_t len) {
+  QCOW2J_RETURN_IF_ERROR(CheckWritable("discard", offset, len));
+  // Like QEMU, only whole clusters are discarded; partial ones are left alone.
+  uint64_t first = (offset + cluster_size_ - 1) >> cluster_bits_;
+  uint64_t end = offset + len == virtual_size_ ? (virtual_size_ + cluster_size_ - 1) >> cluster_bits_
+                                                : (offset + len) >> cluster_bits_;
+  for (uint64_t c = first; c < end; c++) QCOW2J_RETURN_IF_ERROR(ZeroOrDiscardCluster(c, false, true));
+  return Status::OK();
+}
+
+Status Qcow2Image::WriteL1Locked() {
+  // Write whole 512-byte sectors of the L1 table around each dirty entry.
+  uint64_t l1_offset = header_.l1_table_offset;
+  std::vector<uint8_t> sector(512);
+  uint64_t last_sector = UINT64_MAX;
+  for (uint64_t idx : l1_dirty_) {
+    uint64_t sec = idx / 64;
+    if (sec == last_sector) continue;
+    last_sector = sec;
+    for (uint64_t i = 0; i < 64; i++) {
+      uint64_t j = sec * 64 + i;
+      StoreBE64(sector.data() + i * 8, j < l1_.size() ? l1_[j] : 0);
+    }
+    uint64_t bytes = std::min<uint64_t>(512, l1_.size() * 8 - sec * 512);
+    QCOW2J_RETURN_IF_ERROR(file_->Write(l1_offset + sec * 512, sector.data(), bytes));
+  }
+  l1_dirty_.clear();
+  return Status::OK();
+}
+
+Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
+  draining_ = true;
+  while (!inflight_.empty()) inflight_cv_.wait(lk);
+  Status s = [&]() -> Status {
+    QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked());
+    bool meta = refcounts_->dirty() || l2_cache_->dirty_count() || !l1_dirty_.empty() ||
+                !decrements_.empty();
+    if (!meta) return data_file_->Sync();
+    if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+    // Clusters allocated at the end but never written (L2 tables still in
+    // cache) must lie inside the file before anything points at them.
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+    if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
+    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());                      // 1: data + increments
+    QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
+    QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());                      // 2: L2 / L1
+    std::vector<Decrement> dec;
+    dec.swap(decrements_);
+    for (const Decrement& d : dec) {                            // 3: dropped references
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
+      if (rc == 0) {
+        l2_cache_->Erase(d.host);  // in case it was an L2 table (slices keyed by offset)
+        for (uint64_t off = d.host; off < d.host + cluster_size_; off += slice_bytes_) l2_cache_->Erase(off);
+        if (d.punch) QCOW2J_RETURN_IF_ERROR(file_->PunchHole(d.host, cluster_size_));
+      }
+    }
+    // Freed clusters may be reused at once: nothing on disk references them,
+    // and their (stale, higher) refcount on disk only means a leak until the
+    // next flush writes the decrement.
+    refcounts_->ReleasePendingFrees();
+    return Status::OK();
+  }();
+  draining_ = false;
+  inflight_cv_.notify_all();
+  if (!s.ok() && s.code() != Code::kNoSpace) failed_ = s.Annotate("flush failed; image is unusable");
+  return s;
+}
+
+Status Qcow2Image::Flush() {
+  if (closed_) return Status::Aborted("image '" + path_ + "' is closed");
+  if (read_only_) return Status::OK();
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  return FlushLocked(lk);
+}
+
+Status Qcow2Image::Close() {
+  if (closed_) return Status::OK();
+  Status s;
+  if (!read_only_ && failed_.ok()) {
+    std::unique_lock<std::mutex> lk(meta_mu_);
+    s = FlushLocked(lk);
+    // The decrements the flush applied last are written too, so a closed
+    // image has no leaks.
+    if (s.ok() && refcounts_->dirty()) {
+      s = refcounts_->WriteBack();
+      if (s.ok()) s = file_->Sync();
+    }
+  }
+  closed_ = true;
+  if (backing_) (void)backing_->Close();
+  return s;
+}
+
+}  // namespace qcow2j
