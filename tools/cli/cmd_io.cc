@@ -570,7 +570,7 @@ bool IoSession::Map() {
     if (!run_len) return;
     std::printf("%s (0x%llx) bytes %s allocated at offset %s (0x%llx)\n",
                 IoCvtStr(static_cast<double>(run_len)).c_str(),
-                static_cast<unsigned long long>(run_len), run_alloc ? "    " : "not",
+                static_cast<unsigned long long>(run_len), run_alloc ? "   " : "not",
                 IoCvtStr(static_cast<double>(run_start)).c_str(),
                 static_cast<unsigned long long>(run_start));
   };
