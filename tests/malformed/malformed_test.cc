@@ -72,6 +72,17 @@ struct Case {
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
+std::string BaseName(Base b) {
+  switch (b) {
+    case Base::kPlain: return "Plain";
+    case Base::kSnapshot: return "Snapshot";
+    case Base::kCompressed: return "Compressed";
+    case Base::kExtendedL2: return "ExtendedL2";
+  }
+  return "Unknown";
+}
+void PrintTo(Base b, std::ostream* os) { *os << BaseName(b); }
+
 bool Must(const std::string& cmd) {
   RunResult r = Run(cmd);
   if (!r.ok()) {
@@ -292,10 +303,13 @@ TEST_P(MalformedTest, RefusedWithOneLineNamingTheField) {
   TempDir dir;
   std::string img = MakeBase(dir, c.base);
   ASSERT_FALSE(HasFailure()) << "image setup failed";
+  std::string cmd = c.check == Check::kInfo ? InfoCmd(img) : ReadCmd(dir, img, c.read_opts);
+  // The refusal must come from the damage: the same command succeeds before it.
+  RunResult before = test::Run(cmd);
+  ASSERT_TRUE(before.ok()) << "the undamaged image is refused: " << before.Describe();
   c.poke(img);
   ASSERT_FALSE(HasFailure()) << "poke failed";
-  RunResult r = test::Run(c.check == Check::kInfo ? InfoCmd(img) : ReadCmd(dir, img, c.read_opts));
-  ExpectCleanRefusal(r, c.expect_any);
+  ExpectCleanRefusal(test::Run(cmd), c.expect_any);
 }
 
 INSTANTIATE_TEST_SUITE_P(Corruptions, MalformedTest, ::testing::ValuesIn(Cases()),
@@ -326,13 +340,7 @@ INSTANTIATE_TEST_SUITE_P(Bases, MalformedBaseTest,
                          ::testing::Values(Base::kPlain, Base::kSnapshot, Base::kCompressed,
                                            Base::kExtendedL2),
                          [](const ::testing::TestParamInfo<Base>& info) {
-                           switch (info.param) {
-                             case Base::kPlain: return std::string("Plain");
-                             case Base::kSnapshot: return std::string("Snapshot");
-                             case Base::kCompressed: return std::string("Compressed");
-                             case Base::kExtendedL2: return std::string("ExtendedL2");
-                           }
-                           return std::string("Unknown");
+                           return BaseName(info.param);
                          });
 
 }  // namespace
