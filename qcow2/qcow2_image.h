@@ -68,6 +68,11 @@ class Qcow2Image final : public Image {
   Status LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap);
   // End of the image file as the engine sees it: the size at open, or past
   // every cluster allocated since (appended clusters may not be written yet).
+  // Decodes an L2 entry of this image (extended or not; with an external
+  // data file, offset 0 + COPIED is a data cluster).
+  L2Entry DecodeL2(uint64_t raw, uint64_t bitmap) const {
+    return L2Entry::Decode(raw, bitmap, header_.extended_l2(), data_file_ != file_.get());
+  }
   uint64_t HostLimit() const {
     return refcounts_ ? std::max(file_size_, refcounts_->end_offset()) : file_size_;
   }

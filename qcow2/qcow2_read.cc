@@ -99,7 +99,7 @@ Result<GuestExtent> Qcow2Image::MapExtent(uint64_t offset, uint64_t max_length) 
     if (cow_.count(cluster)) QCOW2J_RETURN_IF_ERROR(ResolveCowLocked(cluster));
     uint64_t raw, bitmap;
     QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
-    L2Entry e = L2Entry::Decode(raw, bitmap, extended);
+    L2Entry e = DecodeL2(raw, bitmap);
     uint64_t in_cluster = pos & (cluster_size_ - 1);
     // Within one cluster, walk subclusters (a standard entry is one "subcluster").
     uint64_t cluster_end = (cluster + 1) << cluster_bits_;
@@ -134,12 +134,18 @@ Result<GuestExtent> Qcow2Image::MapExtent(uint64_t offset, uint64_t max_length) 
               return Status::Corruption("L2 entry for guest offset " + Hex(pos) +
                                         ": data offset " + Hex(e.host_offset()) +
                                         " is not aligned to the cluster size");
-            QCOW2J_RETURN_IF_ERROR(
-                CheckHostRange("L2 entry", pos, e.host_offset(), cluster_size_, true));
+            // Only the start must lie inside the file: QEMU leaves the last
+            // cluster short when it writes only some subclusters; the rest
+            // reads as zeros.
+            QCOW2J_RETURN_IF_ERROR(CheckHostRange("L2 entry", pos, e.host_offset(), 1, true));
           } else if (st == SubclusterType::kZero) {
             kind = GuestExtent::Kind::kZero;
+            if (e.host_offset()) host = e.host_offset() + in_cluster;
           } else if (st == SubclusterType::kUnallocated) {
             kind = GuestExtent::Kind::kUnallocated;
+            // QEMU reports where an unallocated subcluster of an allocated
+            // cluster would live.
+            if (e.host_offset()) host = e.host_offset() + in_cluster;
           } else {
             return Status::Corruption("extended L2 entry for guest offset " + Hex(pos) +
                                       " has an invalid subcluster " + std::to_string(sc));
@@ -158,11 +164,9 @@ Result<GuestExtent> Qcow2Image::MapExtent(uint64_t offset, uint64_t max_length) 
         ext.kind = kind;
         ext.host_offset = host;
         first = false;
-      } else if (kind != ext.kind ||
-                 (kind == GuestExtent::Kind::kData && host != ext.host_offset + ext.length) ||
-                 (kind == GuestExtent::Kind::kZero && (host != 0) != (ext.host_offset != 0)) ||
-                 (kind == GuestExtent::Kind::kZero && host && host != ext.host_offset + ext.length)) {
-        return ext;
+      } else if (kind != ext.kind || (host != 0) != (ext.host_offset != 0) ||
+                 (host && host != ext.host_offset + ext.length)) {
+        return ext;  // a different kind, or not host-contiguous
       }
       ext.length += n;
       pos += n;
@@ -257,6 +261,7 @@ Result<BlockStatus> Qcow2Image::GetBlockStatus(uint64_t offset, uint64_t max_len
       if (ext.host_offset) bs.host_offset = ext.host_offset;
       break;
     case GuestExtent::Kind::kUnallocated: {
+      if (ext.host_offset && !backing_) bs.host_offset = ext.host_offset;
       uint64_t bsize = backing_ ? backing_->size() : 0;
       if (offset < bsize) {
         QCOW2J_ASSIGN_OR_RETURN(BlockStatus b,
@@ -264,8 +269,7 @@ Result<BlockStatus> Qcow2Image::GetBlockStatus(uint64_t offset, uint64_t max_len
         b.depth += 1;
         return b;
       }
-      bs.zero = true;  // past the backing file (or none): reads as zeros
-      if (backing_) bs.depth = 1;
+      bs.zero = true;  // past the backing file (or none): zeros, reported at depth 0 like QEMU
       break;
     }
   }

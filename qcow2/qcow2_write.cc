@@ -167,7 +167,7 @@ void Qcow2Image::FreeOldLocked(uint64_t old_raw, bool punch) {
 
 bool Qcow2Image::SourceIsZero(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t a,
                               uint64_t b) {
-  L2Entry e = L2Entry::Decode(old_raw, old_bitmap, header_.extended_l2());
+  L2Entry e = DecodeL2(old_raw, old_bitmap);
   if (e.compressed()) return false;
   uint64_t guest = (cluster << cluster_bits_) + a;
   bool backing_zero = !backing_ || guest >= backing_->size();
@@ -209,7 +209,7 @@ void Qcow2Image::CoverLocked(uint64_t cluster, uint64_t in, uint64_t len) {
 Status Qcow2Image::ReadOldContent(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap,
                                   uint64_t in, uint8_t* dst, size_t len) {
   const bool ext = header_.extended_l2();
-  L2Entry e = L2Entry::Decode(old_raw, old_bitmap, ext);
+  L2Entry e = DecodeL2(old_raw, old_bitmap);
   uint64_t guest = (cluster << cluster_bits_) + in;
   if (e.compressed()) return ReadCompressed(guest, old_raw, in, dst, len);
   uint64_t sc_size = ext ? cluster_size_ / kSubclustersPerCluster : cluster_size_;
@@ -267,7 +267,7 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
     if (!failed_.ok()) return failed_;
     uint64_t raw, bitmap;
     QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
-    L2Entry e = L2Entry::Decode(raw, bitmap, ext);
+    L2Entry e = DecodeL2(raw, bitmap);
     bool in_place = !e.compressed() && e.type() == ClusterType::kNormal && e.copied();
     if (in_place && ext) {
       for (uint64_t sc = in / sc_size; sc <= (in + n - 1) / sc_size; sc++)
@@ -307,7 +307,7 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
   QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(cluster, &ent));
   const uint64_t old_raw = LoadBE64(ent);
   const uint64_t old_bitmap = ext ? LoadBE64(ent + 8) : 0;
-  L2Entry old = L2Entry::Decode(old_raw, old_bitmap, ext);
+  L2Entry old = DecodeL2(old_raw, old_bitmap);
   const bool external = data_file_ != file_.get();
   uint64_t host = 0;
   bool fresh = false, reuse = false;
@@ -392,7 +392,7 @@ Status Qcow2Image::ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap)
   uint64_t raw, bitmap;
   QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
   const bool ext = header_.extended_l2();
-  L2Entry old = L2Entry::Decode(raw, bitmap, ext);
+  L2Entry old = DecodeL2(raw, bitmap);
   const bool v3 = header_.version >= 3;
   uint64_t new_raw = 0, new_bitmap = 0;
   bool keep_host = false;
