@@ -1,0 +1,189 @@
+#include "metadata/table_cache.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <new>
+#include <string>
+
+namespace qcow2j {
+namespace {
+
+constexpr size_t kInitialBuckets = 16;
+
+// 4 KiB (O_DIRECT) for real cluster sizes; tiny tables in tests get the
+// largest power of two that divides them so small slots stay small.
+size_t AlignmentFor(size_t table_size) {
+  size_t a = table_size == 0 ? 16 : (table_size & (~table_size + 1));
+  return std::clamp<size_t>(a, 16, 4096);
+}
+
+}  // namespace
+
+TableCache::TableCache(size_t table_size, size_t capacity_tables, WriteBack wb)
+    : table_size_(table_size),
+      alignment_(AlignmentFor(table_size)),
+      capacity_(std::max<size_t>(capacity_tables, 1)),
+      write_back_(std::move(wb)),
+      buckets_(new Index::bucket_type[kInitialBuckets]),
+      bucket_count_(kInitialBuckets),
+      index_(Index::bucket_traits(buckets_.get(), bucket_count_)) {}
+
+TableCache::~TableCache() {
+  dirty_.clear();
+  lru_.clear();
+  orphans_.clear_and_dispose(Delete);
+  index_.clear_and_dispose(Delete);
+}
+
+Result<TableCache::Table*> TableCache::NewTable() {
+  void* p = nullptr;
+  size_t bytes = std::max<size_t>(table_size_, 1);
+  if (::posix_memalign(&p, alignment_, bytes) != 0) {
+    return Status::FromErrno(ENOMEM, "table cache: allocate a " + std::to_string(table_size_) +
+                                         " byte table");
+  }
+  Table* t = new (std::nothrow) Table();
+  if (t == nullptr) {
+    std::free(p);
+    return Status::FromErrno(ENOMEM, "table cache: allocate a table");
+  }
+  t->data_.reset(static_cast<uint8_t*>(p));
+  return t;
+}
+
+void TableCache::MaybeGrowIndex() {
+  if (index_.size() < bucket_count_) return;
+  size_t n = bucket_count_ * 2;
+  std::unique_ptr<Index::bucket_type[]> bigger(new Index::bucket_type[n]);
+  index_.rehash(Index::bucket_traits(bigger.get(), n));
+  buckets_ = std::move(bigger);
+  bucket_count_ = n;
+}
+
+void TableCache::MarkClean(Table* t) {
+  if (!t->dirty_) return;
+  dirty_.erase(dirty_.iterator_to(*t));
+  t->dirty_ = false;
+}
+
+Result<TableCache::Table*> TableCache::EvictOne() {
+  if (lru_.empty()) {
+    return Status::Busy("table cache: all " + std::to_string(index_.size()) +
+                        " tables are pinned");
+  }
+  Table* victim = &lru_.back();
+  if (victim->dirty_) {
+    Status s = write_back_(victim->offset_, victim->data());
+    if (!s.ok()) {
+      return s.Annotate("table cache: write-back of table at offset " +
+                        std::to_string(victim->offset_) + " before eviction");
+    }
+    MarkClean(victim);
+  }
+  lru_.pop_back();
+  index_.erase(index_.iterator_to(*victim));
+  return victim;
+}
+
+TableCache::Table* TableCache::Get(uint64_t offset) {
+  auto it = index_.find(offset);
+  if (it == index_.end()) return nullptr;
+  Table* t = &*it;
+  if (t->pins_ == 0) lru_.erase(lru_.iterator_to(*t));
+  ++t->pins_;
+  return t;
+}
+
+Result<TableCache::Table*> TableCache::Put(uint64_t offset) {
+  if (index_.find(offset) != index_.end()) {
+    return Status::InvalidArgument("table cache: table at offset " + std::to_string(offset) +
+                                   " is already cached");
+  }
+  Table* t = nullptr;
+  // Usually one eviction; more only after Resize shrank below pinned tables.
+  while (index_.size() >= capacity_) {
+    QCOW2J_ASSIGN_OR_RETURN(Table * victim, EvictOne());
+    if (t != nullptr) delete t;
+    t = victim;
+  }
+  if (t == nullptr) {
+    QCOW2J_ASSIGN_OR_RETURN(t, NewTable());
+  }
+  t->offset_ = offset;
+  t->pins_ = 1;
+  t->dirty_ = false;
+  t->erased_ = false;
+  MaybeGrowIndex();
+  index_.insert(*t);
+  return t;
+}
+
+void TableCache::Release(Table* t) {
+  if (t == nullptr || t->pins_ == 0) return;  // unbalanced Release: ignore, never abort
+  if (--t->pins_ > 0) return;
+  if (t->erased_) {
+    orphans_.erase(orphans_.iterator_to(*t));
+    delete t;
+    return;
+  }
+  lru_.push_front(*t);
+}
+
+void TableCache::MarkDirty(Table* t) {
+  if (t == nullptr || t->dirty_ || t->erased_) return;
+  t->dirty_ = true;
+  dirty_.insert(*t);
+}
+
+Status TableCache::FlushDirty() {
+  while (!dirty_.empty()) {
+    Table& t = *dirty_.begin();
+    Status s = write_back_(t.offset_, t.data());
+    if (!s.ok()) {
+      return s.Annotate("table cache: write-back of table at offset " + std::to_string(t.offset_));
+    }
+    MarkClean(&t);
+  }
+  return Status::OK();
+}
+
+void TableCache::Erase(uint64_t offset) {
+  auto it = index_.find(offset);
+  if (it == index_.end()) return;
+  Table* t = &*it;
+  index_.erase(it);
+  MarkClean(t);
+  if (t->pins_ == 0) {
+    lru_.erase(lru_.iterator_to(*t));
+    delete t;
+  } else {
+    t->erased_ = true;
+    orphans_.push_back(*t);
+  }
+}
+
+void TableCache::Clear() {
+  dirty_.clear();
+  lru_.clear();
+  index_.clear_and_dispose([this](Table* t) {
+    t->dirty_ = false;
+    if (t->pins_ == 0) {
+      delete t;
+    } else {
+      t->erased_ = true;
+      orphans_.push_back(*t);
+    }
+  });
+}
+
+Status TableCache::Resize(size_t capacity) {
+  if (capacity == 0) return Status::InvalidArgument("table cache: capacity must be at least 1");
+  capacity_ = capacity;
+  while (index_.size() > capacity_ && !lru_.empty()) {
+    QCOW2J_ASSIGN_OR_RETURN(Table * victim, EvictOne());
+    delete victim;
+  }
+  return Status::OK();
+}
+
+}  // namespace qcow2j
