@@ -38,7 +38,13 @@ Status File::ZeroRange(uint64_t offset, uint64_t len) {
   return Status::OK();
 }
 
-Status File::PunchHole(uint64_t offset, uint64_t len) { return ZeroRange(offset, len); }
+// Bytes past EOF already read as zeros, so only the part below the size needs
+// zeroing, and the size stays as it was (as with FALLOC_FL_KEEP_SIZE).
+Status File::PunchHole(uint64_t offset, uint64_t len) {
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, Size());
+  if (offset >= size) return Status::OK();
+  return ZeroRange(offset, std::min(len, size - offset));
+}
 
 Result<uint64_t> File::AllocatedBytes() { return Size(); }
 

@@ -39,10 +39,12 @@ class File {
   // when keep_size). Default: NotSupported.
   virtual Status Allocate(uint64_t offset, uint64_t len, bool keep_size);
   // Afterwards [offset, offset+len) reads as zeros; blocks may stay allocated.
+  // Like writing zeros, it grows the file to offset+len if it was shorter.
   // Default: writes zeros.
   virtual Status ZeroRange(uint64_t offset, uint64_t len);
   // Afterwards [offset, offset+len) reads as zeros and is deallocated where the
-  // file system can. Default: ZeroRange.
+  // file system can. Never changes the size. Default: ZeroRange of the part
+  // below the current size.
   virtual Status PunchHole(uint64_t offset, uint64_t len);
   // Bytes the file occupies on its storage (st_blocks * 512 for posix).
   virtual Result<uint64_t> AllocatedBytes();
