@@ -63,6 +63,8 @@ class TableCache {
 
   // capacity_tables of 0 is treated as 1.
   TableCache(size_t table_size, size_t capacity_tables, WriteBack wb);
+  // Frees every table, pinned or not, without writing anything back: flush
+  // and release before destroying the cache.
   ~TableCache();
   TableCache(const TableCache&) = delete;
   TableCache& operator=(const TableCache&) = delete;
