@@ -320,6 +320,17 @@ Status ParseExtensions(std::span<const uint8_t> buf, bool buf_is_probe, uint64_t
         QCOW2J_RETURN_IF_ERROR(ParseFeatureTable(data, type, off, h));
         break;
       case kExtBitmaps:
+        if (!(h->autoclear_features & kAutoclearBitmaps)) {
+          // A writer without bitmap support touched the image: the contents
+          // are stale and not to be used (QEMU ignores them too). Kept
+          // verbatim so that check can still find the clusters they name.
+          if (len != 24) {
+            return Status::Corruption(ExtensionWhere(type, off) + ": length " + Dec(len) +
+                                      " is not 24");
+          }
+          h->other_extensions.push_back(HeaderExtension{type, std::string(data)});
+          break;
+        }
         QCOW2J_RETURN_IF_ERROR(ParseBitmapsExtension(data, type, off, file_size, h));
         break;
       case kExtDataFile:

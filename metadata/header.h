@@ -112,10 +112,12 @@ struct Header {
   std::string backing_file;                  // read from backing_file_offset
   std::optional<std::string> backing_format; // kExtBackingFormat
   std::vector<FeatureName> feature_names;    // kExtFeatureTable
-  std::optional<BitmapsExtension> bitmaps;   // kExtBitmaps
+  // kExtBitmaps, when the autoclear bitmaps bit says it is consistent;
+  // otherwise the extension is kept unparsed in other_extensions.
+  std::optional<BitmapsExtension> bitmaps;
   std::optional<std::string> data_file;      // kExtDataFile
   std::optional<std::string> journal;        // kExtJournal payload, parsed by journal/
-  std::vector<HeaderExtension> other_extensions;  // unknown (and crypto): kept verbatim
+  std::vector<HeaderExtension> other_extensions;  // unknown, crypto, stale bitmaps: verbatim
 
   uint64_t cluster_size() const { return 1ull << cluster_bits; }
   uint32_t refcount_bits() const { return 1u << refcount_order; }

@@ -376,12 +376,14 @@ std::vector<BadCase> BadCases() {
        Code::kCorruption, {"bitmaps", "offset 0x70", "length 16"}},
       {"bitmaps_unaligned_directory",
        [cs](auto& b, Header& h) {
+         h.autoclear_features = kAutoclearBitmaps;
          h.bitmaps = BitmapsExtension{1, 32, 3 * cs + 8};
          Reserialize(b, h);
        },
        Code::kCorruption, {"bitmaps", "bitmap_directory_offset", "aligned"}},
       {"bitmaps_zero_count",
        [cs](auto& b, Header& h) {
+         h.autoclear_features = kAutoclearBitmaps;
          h.bitmaps = BitmapsExtension{0, 32, 3 * cs};
          Reserialize(b, h);
        },
@@ -435,6 +437,22 @@ TEST(HeaderTest, AcceptedEdgeCases) {
   ASSERT_TRUE(p.ok()) << p.status().ToString();
   EXPECT_TRUE(p->has_data_file());
   EXPECT_FALSE(p->data_file.has_value());
+
+  // A stale bitmaps extension (autoclear bit cleared by a bitmap-unaware
+  // writer) is not used, so its contents are not validated; it is kept.
+  h = ValidHeader();
+  h.bitmaps = BitmapsExtension{0, 0, 12345};
+  h.autoclear_features = 0;
+  img = ImageBytes(h);
+  p = ParseHeader(img, FileSize(h));
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_FALSE(p->bitmaps.has_value());
+  ASSERT_EQ(p->other_extensions.size(), 1u);
+  EXPECT_EQ(p->other_extensions[0].type, kExtBitmaps);
+  EXPECT_EQ(p->other_extensions[0].data.size(), 24u);
+  h.autoclear_features = kAutoclearBitmaps;
+  img = ImageBytes(h);
+  EXPECT_FALSE(ParseHeader(img, FileSize(h)).ok());
 
   // Empty image: no L1 entries needed, offset only has to be aligned.
   h = ValidHeader();
