@@ -26,13 +26,16 @@ RefcountManager::RefcountManager(const Config& c)
       cluster_size_(1ull << c.cluster_bits),
       order_(c.refcount_order),
       block_entries_(RefcountBlockEntries(c.cluster_bits, c.refcount_order)),
+      slice_bytes_(std::min<uint64_t>(cluster_size_, 4096)),
+      slice_entries_((slice_bytes_ * 8) >> c.refcount_order),
       table_offset_(c.refcount_table_offset),
       table_clusters_(c.refcount_table_clusters),
       end_((c.file_size + cluster_size_ - 1) & ~(cluster_size_ - 1)) {
-  size_t blocks = c.cache_blocks ? c.cache_blocks : std::max<size_t>(4, (1u << 20) >> c.cluster_bits);
-  cache_ = std::make_unique<TableCache>(cluster_size_, blocks,
+  size_t slices = c.cache_blocks ? c.cache_blocks * (cluster_size_ / slice_bytes_)
+                                 : std::max<size_t>(16, (1u << 20) / slice_bytes_);
+  cache_ = std::make_unique<TableCache>(slice_bytes_, slices,
                                         [this](uint64_t off, const uint8_t* data) {
-                                          return file_->Write(off, data, cluster_size_);
+                                          return file_->Write(off, data, slice_bytes_);
                                         });
 }
 
@@ -56,48 +59,46 @@ Status RefcountManager::Load() {
   return Status::OK();
 }
 
-Result<TableCache::Table*> RefcountManager::LoadBlock(uint64_t block_offset) {
-  TableCache::Table* t = cache_->Get(block_offset);
+Result<TableCache::Table*> RefcountManager::LoadSlice(uint64_t slice_offset) {
+  TableCache::Table* t = cache_->Get(slice_offset);
   if (t) return t;
-  QCOW2J_ASSIGN_OR_RETURN(t, cache_->Put(block_offset));
-  Status s = file_->Read(block_offset, t->data(), cluster_size_);
+  QCOW2J_ASSIGN_OR_RETURN(t, cache_->Put(slice_offset));
+  Status s = file_->Read(slice_offset, t->data(), slice_bytes_);
   if (!s.ok()) {
     cache_->Release(t);
-    cache_->Erase(block_offset);
+    cache_->Erase(slice_offset);
     return s;
   }
   return t;
 }
 
-Result<TableCache::Table*> RefcountManager::Block(uint64_t ci, bool create) {
+Result<TableCache::Table*> RefcountManager::Slice(uint64_t ci, bool create, uint64_t* index) {
   uint64_t bi = ci / block_entries_;
+  uint64_t in_block = ci % block_entries_;
+  uint64_t slice_off = (in_block / slice_entries_) * slice_bytes_;
+  *index = in_block % slice_entries_;
   if (bi < table_.size()) {
     uint64_t off = table_[bi] & kRefcountTableOffsetMask;
-    if (off) return LoadBlock(off);
+    if (off) return LoadSlice(off + slice_off);
   }
   if (!create) return static_cast<TableCache::Table*>(nullptr);
-  if (bi >= table_.size()) QCOW2J_RETURN_IF_ERROR(GrowTable(bi + 1));
-  // Place the new block at the end of the file. If it falls in the range it
-  // describes, it counts itself; otherwise its own refcount goes into
+  if (bi >= table_.size()) {
+    // Growing describes the new table in refcount blocks, which may create
+    // exactly the block we are after: look again.
+    QCOW2J_RETURN_IF_ERROR(GrowTable(bi + 1));
+    return Slice(ci, create, index);
+  }
+  // Place the new block at the end of the file, where it reads as zeros
+  // until written (flush extends the file over it). If it falls in the range
+  // it describes, it counts itself; otherwise its own refcount goes into
   // whichever block covers it (created in turn by the recursive call).
   uint64_t off = end_;
   end_ += cluster_size_;
-  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, cache_->Put(off));
-  std::memset(t->data(), 0, cluster_size_);
-  cache_->MarkDirty(t);
   table_[bi] = off;
   table_dirty_ = true;
   uint64_t own = off >> cluster_bits_;
-  if (own / block_entries_ == bi) {
-    SetRefcount(std::span<uint8_t>(t->data(), cluster_size_), order_, own % block_entries_, 1);
-  } else {
-    Status s = SetRange(own, 1, 1);
-    if (!s.ok()) {
-      cache_->Release(t);
-      return s;
-    }
-  }
-  return t;
+  QCOW2J_RETURN_IF_ERROR(SetRange(own, 1, 1));
+  return LoadSlice(off + slice_off);
 }
 
 Status RefcountManager::GrowTable(uint64_t min_entries) {
@@ -124,10 +125,10 @@ Status RefcountManager::GrowTable(uint64_t min_entries) {
 
 Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) {
   for (uint64_t ci = first_ci; ci < first_ci + n;) {
-    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, true));
-    uint64_t idx = ci % block_entries_;
-    uint64_t run = std::min(block_entries_ - idx, first_ci + n - ci);
-    std::span<uint8_t> blk(t->data(), cluster_size_);
+    uint64_t idx;
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Slice(ci, true, &idx));
+    uint64_t run = std::min(slice_entries_ - idx, first_ci + n - ci);
+    std::span<uint8_t> blk(t->data(), slice_bytes_);
     for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
     cache_->MarkDirty(t);
     cache_->Release(t);
@@ -138,34 +139,34 @@ Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) 
 
 Result<uint64_t> RefcountManager::Get(uint64_t host_offset) {
   uint64_t ci = host_offset >> cluster_bits_;
-  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, false));
+  uint64_t idx;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Slice(ci, false, &idx));
   if (!t) return uint64_t{0};
-  uint64_t v = GetRefcount(std::span<const uint8_t>(t->data(), cluster_size_), order_,
-                           ci % block_entries_);
+  uint64_t v = GetRefcount(std::span<const uint8_t>(t->data(), slice_bytes_), order_, idx);
   cache_->Release(t);
   return v;
 }
 
 Result<uint64_t> RefcountManager::Update(uint64_t host_offset, int64_t delta) {
   uint64_t ci = host_offset >> cluster_bits_;
-  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Block(ci, delta > 0));
+  uint64_t idx;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Slice(ci, delta > 0, &idx));
   if (!t)
     return Status::Corruption("refcount of cluster at " + Hex(host_offset) +
                               " would drop below 0 (no refcount block)");
-  std::span<uint8_t> blk(t->data(), cluster_size_);
-  uint64_t old = GetRefcount(blk, order_, ci % block_entries_);
-  uint64_t nv;
+  std::span<uint8_t> blk(t->data(), slice_bytes_);
+  uint64_t old = GetRefcount(blk, order_, idx);
   if (delta < 0 && old < static_cast<uint64_t>(-delta)) {
     cache_->Release(t);
     return Status::Corruption("refcount of cluster at " + Hex(host_offset) + " would drop below 0");
   }
-  nv = old + static_cast<uint64_t>(delta);
+  uint64_t nv = old + static_cast<uint64_t>(delta);
   if (delta > 0 && (nv < old || nv > MaxRefcount())) {
     cache_->Release(t);
     return Status::InvalidArgument("refcount of cluster at " + Hex(host_offset) +
                                    " would exceed the maximum " + std::to_string(MaxRefcount()));
   }
-  SetRefcount(blk, order_, ci % block_entries_, nv);
+  SetRefcount(blk, order_, idx, nv);
   cache_->MarkDirty(t);
   cache_->Release(t);
   if (nv == 0) pending_free_.push_back(ci);

@@ -66,11 +66,13 @@ class RefcountManager {
   uint64_t MaxRefcount() const;
 
  private:
-  // The refcount block covering cluster index `ci`, pinned; allocates it
-  // (and grows the table) when missing and `create` is set. nullptr when
-  // missing and !create.
-  Result<TableCache::Table*> Block(uint64_t ci, bool create);
-  Result<TableCache::Table*> LoadBlock(uint64_t block_offset);
+  // The cached slice of the refcount block covering cluster index `ci`,
+  // pinned, and the entry's index inside it; allocates the block (and grows
+  // the table) when missing and `create` is set. nullptr when missing and
+  // !create. Blocks are cached in slices of min(cluster, 4 KiB) so that a
+  // flush writes back only the slices that changed.
+  Result<TableCache::Table*> Slice(uint64_t ci, bool create, uint64_t* index);
+  Result<TableCache::Table*> LoadSlice(uint64_t slice_offset);
   Status GrowTable(uint64_t min_entries);
   // Sets refcount of clusters [first, first+n) to value, all in existing or
   // created blocks (used for allocation bookkeeping).
@@ -83,6 +85,8 @@ class RefcountManager {
   uint64_t cluster_size_;
   uint32_t order_;
   uint64_t block_entries_;
+  uint64_t slice_bytes_;
+  uint64_t slice_entries_;
   uint64_t table_offset_;
   uint32_t table_clusters_;
   std::vector<uint64_t> table_;  // refcount table entries (block offsets)

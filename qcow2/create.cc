@@ -170,7 +170,15 @@ Status CreateQcow2(const std::string& path, const CreateOptions& opts_in) {
       if (o.data_file_raw) h.autoclear_features |= kAutoclearDataFileRaw;
     }
   }
-  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> hbytes, SerializeHeader(h));
+  auto serialized = SerializeHeader(h);
+  if (!serialized.ok() && !h.feature_names.empty()) {
+    // Like QEMU: with small clusters the feature-name table is left out
+    // when it does not fit in the header cluster.
+    h.feature_names.clear();
+    serialized = SerializeHeader(h);
+  }
+  if (!serialized.ok()) return serialized.status();
+  std::vector<uint8_t> hbytes = std::move(serialized).value();
 
   QCOW2J_ASSIGN_OR_RETURN(auto f, env->Open(path, kOpenCreate | kOpenTruncate));
   std::unique_ptr<File> df;

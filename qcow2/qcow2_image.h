@@ -109,7 +109,8 @@ class Qcow2Image final : public Image {
   bool SourceIsZero(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t a, uint64_t b);
   void CoverLocked(uint64_t cluster, uint64_t in, uint64_t len);
   Status ResolveCowLocked(uint64_t cluster);
-  Status ResolveAllCowLocked();
+  Status ResolveAllCowLocked(std::unique_lock<std::mutex>& lk);
+  Status FillCow(uint64_t cluster, const PendingCow& pc);
   Status ReadOldContent(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t in,
                         uint8_t* dst, size_t len);
   // Waits until no request allocates or fills a cluster in [first, last].

@@ -19,7 +19,9 @@
 //      refcount can never be lower than its references. Freed clusters are
 //      reused only from here on, for the same reason.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "metadata/endian.h"
@@ -36,6 +38,7 @@ std::string Hex(uint64_t v) {
   return buf;
 }
 
+constexpr size_t kCowFillThreads = 16;
 constexpr uint64_t kAllAllocated = 0xffffffffull;
 constexpr uint64_t kAllZero = 0xffffffffull << 32;
 
@@ -238,6 +241,10 @@ Status Qcow2Image::ResolveCowLocked(uint64_t cluster) {
   if (it == cow_.end()) return Status::OK();
   PendingCow pc = std::move(it->second);
   cow_.erase(it);
+  return FillCow(cluster, pc);
+}
+
+Status Qcow2Image::FillCow(uint64_t cluster, const PendingCow& pc) {
   std::vector<uint8_t> buf;
   for (auto [a, b] : pc.uncovered) {
     buf.resize(b - a);
@@ -247,13 +254,40 @@ Status Qcow2Image::ResolveCowLocked(uint64_t cluster) {
   return Status::OK();
 }
 
-Status Qcow2Image::ResolveAllCowLocked() {
-  // In host order, so the fills go out as a sequential stream.
+Status Qcow2Image::ResolveAllCowLocked(std::unique_lock<std::mutex>& lk) {
+  // Called while draining_: no writer touches a cluster with pending COW, so
+  // the fills can run without the lock, many at once (each is a read of the
+  // old contents plus a write), in host order. A reader that meets one of
+  // these clusters meanwhile fills it itself; both write the same old bytes.
   std::vector<std::pair<uint64_t, uint64_t>> order;
   order.reserve(cow_.size());
   for (auto& [c, pc] : cow_) order.emplace_back(pc.host, c);
+  if (order.empty()) return Status::OK();
   std::sort(order.begin(), order.end());
-  for (auto& [host, c] : order) QCOW2J_RETURN_IF_ERROR(ResolveCowLocked(c));
+  std::vector<std::pair<uint64_t, PendingCow>> work;
+  work.reserve(order.size());
+  for (auto& [host, c] : order) work.emplace_back(c, cow_[c]);
+  lk.unlock();
+  std::atomic<size_t> next{0};
+  std::mutex err_mu;
+  Status err;
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < work.size();) {
+      Status s = FillCow(work[i].first, work[i].second);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> g(err_mu);
+        if (err.ok()) err = s;
+      }
+    }
+  };
+  size_t threads = std::min<size_t>(kCowFillThreads, work.size());
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; t++) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  lk.lock();
+  if (!err.ok()) return err;
+  for (auto& [c, pc] : work) cow_.erase(c);
   return Status::OK();
 }
 
@@ -474,7 +508,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
   draining_ = true;
   while (!inflight_.empty()) inflight_cv_.wait(lk);
   Status s = [&]() -> Status {
-    QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked());
+    QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked(lk));
     bool meta = refcounts_->dirty() || l2_cache_->dirty_count() || !l1_dirty_.empty() ||
                 !decrements_.empty();
     if (!meta) return data_file_->Sync();
