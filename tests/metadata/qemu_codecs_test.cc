@@ -284,6 +284,33 @@ TEST_F(QemuCodecsTest, SnapshotTable) {
   EXPECT_TRUE(std::equal(theirs.begin(), theirs.end(), ours.begin()));
 }
 
+// An unknown extension and header tail we write survive QEMU rewriting the
+// header (amend), and our journal extension is kept as an unknown one.
+TEST_F(QemuCodecsTest, QemuKeepsOurUnknownExtensionsAndTail) {
+  Sh("qemu-img create -q -f qcow2 " + Quote(Img("a")) + " 64M");
+  Header h = Parse(Img("a"));
+  h.other_extensions.push_back({0x7a7a7a7a, "opaque bytes"});
+  h.journal = std::string("journal\0payload", 15);
+  h.unknown_header_tail = std::string(7, '\0') + "futurefl";  // header_length 120
+  Result<std::vector<uint8_t>> bytes = SerializeHeader(h);
+  ASSERT_TRUE(bytes.ok());
+  std::string data = test::ReadFile(Img("a"));
+  std::copy(bytes->begin(), bytes->end(), data.begin());
+  test::WriteFile(Img("a"), data);
+  Sh("qemu-img amend -f qcow2 -o lazy_refcounts=on " + Quote(Img("a")));
+  Header after = Parse(Img("a"));
+  EXPECT_TRUE(after.compatible_features & kCompatLazyRefcounts);
+  EXPECT_EQ(after.header_length, 120u);
+  EXPECT_EQ(after.unknown_header_tail, h.unknown_header_tail);
+  ASSERT_TRUE(after.journal.has_value());
+  EXPECT_EQ(*after.journal, *h.journal);
+  bool found = false;
+  for (const HeaderExtension& e : after.other_extensions) {
+    found |= e.type == 0x7a7a7a7a && e.data == "opaque bytes";
+  }
+  EXPECT_TRUE(found);
+}
+
 // QEMU packs sub-byte refcounts as we do: the four clusters of a new image
 // (header, refcount table, refcount block, L1 table) have refcount 1.
 TEST_F(QemuCodecsTest, RefcountBlocksOfEveryWidth) {
