@@ -48,4 +48,6 @@ Status File::PunchHole(uint64_t offset, uint64_t len) {
 
 Result<uint64_t> File::AllocatedBytes() { return Size(); }
 
+Result<File::Run> File::ProbeRun(uint64_t, uint64_t max_len) { return Run{true, max_len}; }
+
 }  // namespace qcow2j

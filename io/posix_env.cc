@@ -224,6 +224,20 @@ class PosixFile final : public File {
     return ZeroRange(offset, std::min(len, size - offset));
   }
 
+  Result<Run> ProbeRun(uint64_t offset, uint64_t max_len) override {
+    off_t data = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      // ENXIO: no data at or after offset (a hole up to EOF, or past EOF).
+      if (errno == ENXIO) return Run{false, max_len};
+      return Run{true, max_len};  // SEEK_DATA unsupported: everything is data
+    }
+    if (static_cast<uint64_t>(data) > offset)
+      return Run{false, std::min<uint64_t>(max_len, static_cast<uint64_t>(data) - offset)};
+    off_t hole = ::lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
+    if (hole < 0 || static_cast<uint64_t>(hole) <= offset) return Run{true, max_len};
+    return Run{true, std::min<uint64_t>(max_len, static_cast<uint64_t>(hole) - offset)};
+  }
+
   Result<uint64_t> AllocatedBytes() override {
     struct stat st;
     if (::fstat(fd_, &st) != 0) return Status::FromErrno(errno, path_ + ": fstat");

@@ -135,6 +135,12 @@ class Qcow2Image final : public Image {
   bool draining_ = false;  // a flush waits for in-flight allocations
   Status failed_;          // sticky: metadata write-back failed, the image is unusable
 
+  // Whether QEMU would consider the image metadata-preallocated (then block
+  // status looks for holes in the host file). Computed on first use.
+  Result<bool> MetadataPreallocated();
+  std::mutex prealloc_mu_;
+  bool prealloc_known_ = false, prealloc_ = false;
+
   std::string path_;
   std::string dir_;  // folder of path_, for relative backing names
   Env* env_ = nullptr;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "metadata/endian.h"
+#include "metadata/refcount_block.h"
 #include "qcow2/compression.h"
 #include "qcow2/qcow2_image.h"
 
@@ -241,6 +242,36 @@ Status Qcow2Image::Read(uint64_t offset, void* buf, size_t len) {
   return Status::OK();
 }
 
+Result<bool> Qcow2Image::MetadataPreallocated() {
+  std::lock_guard<std::mutex> lock(prealloc_mu_);
+  if (prealloc_known_) return prealloc_;
+  // QEMU's heuristic: the last cluster with a nonzero refcount lies well
+  // beyond the clusters the file really occupies on disk.
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t allocated, file_->AllocatedBytes());
+  uint64_t real = allocated >> cluster_bits_;
+  uint64_t threshold = std::max(real * 10 / 9, real + 2);
+  uint64_t entries = (uint64_t{header_.refcount_table_clusters} << cluster_bits_) / 8;
+  std::vector<uint8_t> table(entries * 8);
+  QCOW2J_RETURN_IF_ERROR(file_->Read(header_.refcount_table_offset, table.data(), table.size()));
+  uint64_t last = 0;
+  const uint64_t block_entries = (cluster_size_ * 8) >> header_.refcount_order;
+  std::vector<uint8_t> block(cluster_size_);
+  for (uint64_t i = entries; i-- > 0 && last == 0;) {
+    uint64_t off = LoadBE64(table.data() + i * 8) & kRefcountTableOffsetMask;
+    if (!off || off & (cluster_size_ - 1) || off >= file_size_) continue;
+    QCOW2J_RETURN_IF_ERROR(file_->Read(off, block.data(), block.size()));
+    for (uint64_t j = block_entries; j-- > 0;) {
+      if (GetRefcount(block, header_.refcount_order, j)) {
+        last = i * block_entries + j;
+        break;
+      }
+    }
+  }
+  prealloc_ = last >= threshold;
+  prealloc_known_ = true;
+  return prealloc_;
+}
+
 Result<BlockStatus> Qcow2Image::GetBlockStatus(uint64_t offset, uint64_t max_length) {
   BlockStatus bs;
   bs.offset = offset;
@@ -248,11 +279,20 @@ Result<BlockStatus> Qcow2Image::GetBlockStatus(uint64_t offset, uint64_t max_len
   bs.length = ext.length;
   bs.filename = path_;
   switch (ext.kind) {
-    case GuestExtent::Kind::kData:
+    case GuestExtent::Kind::kData: {
       bs.present = bs.data = true;
       bs.host_offset = ext.host_offset;
       if (data_file_ != file_.get()) bs.filename = ResolveBackingPath(dir_, *header_.data_file);
+      // On a metadata-preallocated image a data cluster may be a hole in the
+      // host file; QEMU then reports it as data + zero, and so do we.
+      QCOW2J_ASSIGN_OR_RETURN(bool prealloc, MetadataPreallocated());
+      if (prealloc) {
+        QCOW2J_ASSIGN_OR_RETURN(File::Run run, data_file_->ProbeRun(ext.host_offset, ext.length));
+        bs.length = run.length;
+        bs.zero = !run.data;
+      }
       break;
+    }
     case GuestExtent::Kind::kCompressed:
       bs.present = bs.data = bs.compressed = true;
       break;

@@ -48,6 +48,14 @@ class File {
   virtual Status PunchHole(uint64_t offset, uint64_t len);
   // Bytes the file occupies on its storage (st_blocks * 512 for posix).
   virtual Result<uint64_t> AllocatedBytes();
+  // Whether [offset, offset + max_len) starts with data or with a hole, and
+  // how long that run is (at least 1 byte, at most max_len). Used to report
+  // holes as zeros, like QEMU's SEEK_DATA/SEEK_HOLE probing. Default: data.
+  struct Run {
+    bool data = true;
+    uint64_t length = 0;
+  };
+  virtual Result<Run> ProbeRun(uint64_t offset, uint64_t max_len);
   // Required alignment of offset, length and buffer for Read/Write (O_DIRECT);
   // 1 when anything goes. Callers that cannot align use the File's own
   // bounce buffering, which every implementation must provide.
