@@ -383,6 +383,10 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
   l2_cache_->MarkDirty(slice);
   l2_cache_->Release(slice);
   if (!reuse) FreeOldLocked(old_raw, false);
+  // A reused cluster (extended L2: more subclusters of an allocated cluster)
+  // may still have pending COW from its first allocation; this write's range
+  // must leave it, or the fill at flush would overwrite the new data.
+  if (reuse) CoverLocked(cluster, in, n);
   for (auto [a, b] : cow) {
     if (fresh && SourceIsZero(cluster, old_raw, old_bitmap, a, b)) continue;  // reads as zeros already
     PendingCow& pc = cow_[cluster];
