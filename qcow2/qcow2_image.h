@@ -4,6 +4,7 @@
 #define QCOW2J_QCOW2_QCOW2_IMAGE_H_
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -97,7 +98,17 @@ class Qcow2Image final : public Image {
   // readers wait.
   struct Inflight {
     int writers = 0;
+    bool exclusive = false;  // an immediate COW writes head+data+tail: others wait
   };
+  // Whether writes stream through the cluster at `cluster_start`: then later
+  // writes of the stream will likely cover the rest, so COW is delayed;
+  // otherwise it is done at once, in one write with the data, as QEMU does.
+  bool ContinuesStreamLocked(uint64_t cluster_start) const;
+  void NoteWriteEndLocked(uint64_t end) {
+    recent_ends_[recent_pos_++ % recent_ends_.size()] = end;
+  }
+  std::array<uint64_t, 64> recent_ends_{};
+  size_t recent_pos_ = 0;
   Status InitWriter();
   Status CheckWritable(const char* op, uint64_t offset, uint64_t len);
   Status WritePiece(uint64_t pos, const uint8_t* src, size_t n);

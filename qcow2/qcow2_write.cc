@@ -307,6 +307,10 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
       for (uint64_t sc = in / sc_size; sc <= (in + n - 1) / sc_size; sc++)
         in_place &= e.subcluster_type(static_cast<unsigned>(sc)) == SubclusterType::kNormal;
     }
+    if (auto it = inflight_.find(cluster); it != inflight_.end() && it->second.exclusive) {
+      inflight_cv_.wait(lk);
+      continue;
+    }
     bool tracked = cow_.count(cluster) || inflight_.count(cluster);
     if (draining_ && (tracked || !in_place)) {
       inflight_cv_.wait(lk);
@@ -317,6 +321,7 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
       if (host & (cluster_size_ - 1))
         return Status::Corruption("L2 entry for guest offset " + Hex(pos) + ": data offset " +
                                   Hex(host) + " is not aligned to the cluster size");
+      NoteWriteEndLocked(pos + n);
       if (tracked) {
         CoverLocked(cluster, in, n);
         inflight_[cluster].writers++;
@@ -387,8 +392,43 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
   // may still have pending COW from its first allocation; this write's range
   // must leave it, or the fill at flush would overwrite the new data.
   if (reuse) CoverLocked(cluster, in, n);
+  std::erase_if(cow, [&](const std::pair<uint64_t, uint64_t>& r) {
+    return fresh && SourceIsZero(cluster, old_raw, old_bitmap, r.first, r.second);  // zeros already
+  });
+  const bool stream = ContinuesStreamLocked(cluster << cluster_bits_);
+  NoteWriteEndLocked(pos + n);
+  if (!cow.empty() && !stream) {
+    // Immediate COW: read the old head/tail and write them with the data in
+    // one vectored write. The cluster is exclusive meanwhile, so no in-place
+    // writer lands in the head/tail only to be overwritten by old bytes.
+    Inflight& inf = inflight_[cluster];
+    inf.writers++;
+    inf.exclusive = true;
+    lk.unlock();
+    Status s = [&]() -> Status {
+      uint64_t start = std::min(cow.front().first, in);
+      uint64_t end = std::max(cow.back().second, in + n);
+      std::vector<uint8_t> head(in - start), tail(end - (in + n));
+      if (!head.empty())
+        QCOW2J_RETURN_IF_ERROR(ReadOldContent(cluster, old_raw, old_bitmap, start, head.data(), head.size()));
+      if (!tail.empty())
+        QCOW2J_RETURN_IF_ERROR(
+            ReadOldContent(cluster, old_raw, old_bitmap, in + n, tail.data(), tail.size()));
+      iovec iov[3];
+      int cnt = 0;
+      if (!head.empty()) iov[cnt++] = {head.data(), head.size()};
+      iov[cnt++] = {const_cast<uint8_t*>(src), n};
+      if (!tail.empty()) iov[cnt++] = {tail.data(), tail.size()};
+      return data_file_->Writev(host + start, std::span<const iovec>(iov, cnt));
+    }();
+    lk.lock();
+    Inflight& done = inflight_[cluster];
+    done.exclusive = false;
+    if (--done.writers == 0) inflight_.erase(cluster);
+    inflight_cv_.notify_all();
+    return s;
+  }
   for (auto [a, b] : cow) {
-    if (fresh && SourceIsZero(cluster, old_raw, old_bitmap, a, b)) continue;  // reads as zeros already
     PendingCow& pc = cow_[cluster];
     if (pc.uncovered.empty()) {
       pc.host = host;
@@ -406,6 +446,17 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
     inflight_cv_.notify_all();
   }
   return s;
+}
+
+bool Qcow2Image::ContinuesStreamLocked(uint64_t cluster_start) const {
+  // Dense recent writes around this cluster (its neighbours included, since
+  // requests in flight arrive out of order) mean a stream is passing through;
+  // one write per cluster (two neighbours at most) does not.
+  uint64_t lo = cluster_start >= cluster_size_ ? cluster_start - cluster_size_ : 0;
+  uint64_t hi = cluster_start + 2 * cluster_size_;
+  int near = 0;
+  for (uint64_t e : recent_ends_) near += e > lo && e <= hi;
+  return near >= 3;
 }
 
 Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
