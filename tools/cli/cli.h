@@ -37,6 +37,7 @@ int CmdResize(int argc, char** argv);
 int CmdSnapshot(int argc, char** argv);
 int CmdBench(int argc, char** argv);
 int CmdIo(int argc, char** argv);
+int CmdCheck(int argc, char** argv);
 
 }  // namespace qcow2j::cli
 

@@ -30,6 +30,8 @@ constexpr Command kCommands[] = {
     {"bench", qcow2j::cli::CmdBench,
      "bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [--no-drain] [-o offset] "
      "[--pattern=N] [-q] [-s size] [-S step] [-t cache] [-i aio] [-w] [-U] filename"},
+    {"check", qcow2j::cli::CmdCheck,
+     "check [-r leaks|all] [--output=human|json] [-q] [-f fmt] [-U] filename"},
     {"io", qcow2j::cli::CmdIo,
      "io [-f fmt] [-c command]... [-r] [-n] [-t cache] [-U] filename  (qemu-io commands)"},
 };

@@ -1,0 +1,82 @@
+// Checking and repairing a qcow2 image file: the library side of
+// `qcow2j check`, after qemu-img check. The checker reads the file itself
+// (through an Env) rather than opening an Image, because an image worth
+// checking may be too broken for the engine to open.
+#ifndef QCOW2J_CHECK_H_
+#define QCOW2J_CHECK_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "qcow2j/file.h"
+#include "qcow2j/status.h"
+
+namespace qcow2j {
+
+enum class RepairMode {
+  kNone,   // check only; the file is opened read-only
+  kLeaks,  // qemu-img check -r leaks: lower refcounts that are too high
+  kAll,    // qemu-img check -r all: everything that can be repaired
+};
+
+struct CheckOptions {
+  RepairMode repair = RepairMode::kNone;
+  Env* env = nullptr;  // nullptr: Env::Default()
+  // Called with every problem line as it is found (QEMU prints these on
+  // stderr: "ERROR cluster 5 refcount=1 reference=2").
+  std::function<void(const std::string& line)> on_message;
+};
+
+// One inconsistency: what is wrong and where.
+struct CheckProblem {
+  // A short stable name: "refcount-mismatch", "leak", "copied-flag",
+  // "reserved-bits", "unaligned", "past-eof", "overlap", "refcount-overflow",
+  // "refcount-table", "refcount-block", "snapshot", "bitmap", "subcluster-bitmap",
+  // "header".
+  std::string kind;
+  uint64_t offset = 0;  // host offset the problem is about (0 when none)
+  std::string message;  // the line printed for it
+  bool leak = false;    // counted as a leak rather than a corruption
+  bool counted = true;  // false for notes (dirty bit, corrupt bit)
+};
+
+// A guest range whose mapping a repair dropped (the data there is lost).
+struct LostRange {
+  uint64_t guest_offset = 0;
+  uint64_t length = 0;
+  std::string snapshot;  // "" for the active image, else the snapshot's id
+};
+
+// The result of a check, with qemu-img check's fields (ImageCheck in QAPI).
+struct CheckReport {
+  std::string filename;
+  std::string format = "qcow2";
+  uint64_t check_errors = 0;
+  uint64_t corruptions = 0;
+  uint64_t leaks = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t total_clusters = 0;
+  uint64_t allocated_clusters = 0;
+  uint64_t fragmented_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  uint64_t image_end_offset = 0;
+  // Problems of the final pass (after a repair: of the double check).
+  std::vector<CheckProblem> problems;
+  // Problems the first pass found before a repair (empty without repair).
+  std::vector<CheckProblem> repaired_problems;
+  std::vector<LostRange> lost;
+  bool repaired = false;  // a repair ran and the image was checked again
+};
+
+// Checks (and with opts.repair, repairs) the qcow2 image at `path`.
+// A Status error means the check could not be completed (qemu-img's exit
+// code 1): the file cannot be read or its header is not a usable qcow2
+// header. Problems in the image are reported in the CheckReport.
+Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts);
+
+}  // namespace qcow2j
+
+#endif  // QCOW2J_CHECK_H_

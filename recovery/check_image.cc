@@ -1,0 +1,85 @@
+// CheckImage: a pass, then (when repairing) rounds of fixes each followed by
+// a fresh pass, then the double check whose result is reported, as
+// qemu-img check -r does.
+#include <algorithm>
+
+#include "qcow2j/check.h"
+#include "recovery/checker.h"
+#include "recovery/repair.h"
+
+namespace qcow2j {
+
+namespace {
+
+constexpr int kMaxRepairRounds = 12;
+
+uint64_t Minus(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+
+// Adjacent lost ranges of one image become one.
+std::vector<LostRange> MergeLost(std::vector<LostRange> v) {
+  std::stable_sort(v.begin(), v.end(), [](const LostRange& a, const LostRange& b) {
+    return a.snapshot != b.snapshot ? a.snapshot < b.snapshot : a.guest_offset < b.guest_offset;
+  });
+  std::vector<LostRange> out;
+  for (const LostRange& r : v) {
+    if (!out.empty() && out.back().snapshot == r.snapshot && r.length &&
+        out.back().guest_offset + out.back().length == r.guest_offset) {
+      out.back().length += r.length;
+    } else {
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts) {
+  Env* env = opts.env ? opts.env : Env::Default();
+  const bool repair = opts.repair != RepairMode::kNone;
+  auto opened = env->Open(path, repair ? 0u : unsigned{kOpenReadOnly});
+  if (!opened.ok()) return opened.status();
+  std::unique_ptr<File> file = std::move(opened).value();
+
+  ScanOptions so;
+  so.on_message = opts.on_message;
+  QCOW2J_ASSIGN_OR_RETURN(auto first, ScanImage(file.get(), so));
+  CheckReport report = first->report;
+  report.filename = path;
+  if (!repair) return report;
+
+  std::vector<LostRange> lost;
+  RepairContext ctx;
+  ctx.file = file.get();
+  ctx.mode = opts.repair;
+  ctx.on_message = opts.on_message;
+  ctx.lost = &lost;
+  bool rebuilt = false;
+  ctx.rebuilt = &rebuilt;
+  ScanOptions quiet;
+  std::unique_ptr<ScanResult> cur = std::move(first);
+  bool wrote = false;
+  for (int round = 0; round < kMaxRepairRounds; ++round) {
+    QCOW2J_ASSIGN_OR_RETURN(bool changed, RepairRound(ctx, *cur));
+    if (!changed) break;
+    wrote = true;
+    QCOW2J_ASSIGN_OR_RETURN(cur, ScanImage(file.get(), quiet));
+  }
+  if (opts.repair == RepairMode::kAll && cur->report.corruptions == 0 &&
+      cur->report.check_errors == 0) {
+    QCOW2J_RETURN_IF_ERROR(ClearDirtyAndCorrupt(file.get(), *cur));
+  }
+  if (!wrote) return report;
+
+  QCOW2J_ASSIGN_OR_RETURN(auto final_pass, ScanImage(file.get(), so));
+  CheckReport out = final_pass->report;
+  out.filename = path;
+  out.corruptions_fixed = Minus(report.corruptions, out.corruptions);
+  out.leaks_fixed = Minus(report.leaks, out.leaks);
+  out.repaired_problems = std::move(report.problems);
+  out.lost = MergeLost(std::move(lost));
+  out.repaired = true;
+  return out;
+}
+
+}  // namespace qcow2j

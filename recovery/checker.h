@@ -1,0 +1,103 @@
+// One pass of the image checker: reads every metadata structure of a qcow2
+// file straight from the File (no engine), counts the references to each
+// host cluster, compares them with the refcounts on disk and records each
+// inconsistency together with the edit that would repair it. Repair
+// (repair.h) applies those edits and runs another pass.
+#ifndef QCOW2J_RECOVERY_CHECKER_H_
+#define QCOW2J_RECOVERY_CHECKER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "metadata/header.h"
+#include "qcow2j/check.h"
+#include "qcow2j/file.h"
+#include "recovery/refcount_map.h"
+
+namespace qcow2j {
+
+// What a host cluster holds, as the first reference to it says. Metadata is
+// counted before L2 tables and L2 tables before data, so that when two uses
+// collide the later, suspicious one (an L2 entry pointing into a refcount
+// block, say) is the one reported and dropped by repair.
+enum class ClusterUse : uint8_t {
+  kFree,
+  kHeader,
+  kL1,
+  kRefcountTable,
+  kRefcountBlock,
+  kSnapshotTable,
+  kBitmapDirectory,
+  kBitmapTable,
+  kBitmapData,
+  kJournal,
+  kL2,
+  kData,
+  kCompressed,
+};
+const char* ClusterUseName(ClusterUse use);
+
+// An 8-byte big-endian word of the file that repair rewrites (an L1 or L2
+// entry, an extended L2 bitmap word).
+struct WordFix {
+  uint64_t offset = 0;
+  uint64_t value = 0;
+  LostRange lost;  // length 0 when no guest data is dropped
+};
+
+// The snapshot table as found, entry by entry.
+struct SnapshotRecord {
+  uint32_t index = 0;
+  std::string id, name;
+  uint64_t l1_table_offset = 0;
+  uint32_t l1_size = 0;
+  std::vector<uint8_t> raw;  // the whole entry as stored, padding included
+  bool bad = false;          // repair drops the entry
+  bool drop_extra = false;   // repair keeps the entry without its extra data
+  bool fill_extra = false;   // version 3 entry without the 16 bytes of extra data it needs
+};
+
+struct ScanOptions {
+  // Count the refcount table and blocks as references (false when computing
+  // the refcounts a rebuilt structure must hold: the old one goes away).
+  bool count_refcount_structures = true;
+  std::function<void(const std::string&)> on_message;
+};
+
+struct ScanResult {
+  Header header;          // parsed; table fields hold the file's values
+  uint64_t file_size = 0;
+  uint64_t nb_clusters = 0;  // clusters of the file (plus a partial last one)
+  CheckReport report;
+  RefcountMap computed;  // references found
+  RefcountMap ondisk;    // refcounts the refcount structure holds
+
+  // The refcount structure cannot be patched in place: rebuild it.
+  bool rebuild_needed = false;
+  bool reftable_usable = false;
+  // Per refcount table index: the block's offset when it is usable, else 0.
+  std::vector<uint64_t> refblocks;
+
+  // Repairs of -r all, in the order repair applies them.
+  std::vector<WordFix> entry_fixes;   // bad L1/L2 entries, reserved bits, bitmaps
+  std::vector<WordFix> copied_fixes;  // OFLAG_COPIED only
+  std::vector<SnapshotRecord> snapshots;
+  bool snapshot_table_fix = false;  // some entries are dropped or trimmed
+  bool drop_all_snapshots = false;  // the table itself is unusable
+  bool drop_bitmaps = false;        // clear the bitmaps autoclear bit
+  uint64_t min_file_size = 0;       // grow the file to this (tables past EOF)
+};
+
+// Runs one pass. A Status error means the check cannot be done at all
+// (unreadable file, header that is not qcow2).
+Result<std::unique_ptr<ScanResult>> ScanImage(File* file, const ScanOptions& opts);
+
+// "0x1f0000" formatting shared by the recovery files.
+std::string HexStr(uint64_t v);
+
+}  // namespace qcow2j
+
+#endif  // QCOW2J_RECOVERY_CHECKER_H_

@@ -1,0 +1,207 @@
+// qcow2j check: qemu-img check's output, JSON and exit codes (0 clean,
+// 1 check not completed, 2 corruptions, 3 leaks only), plus one line per
+// problem and, in JSON, a "problems" array.
+#include <fcntl.h>
+#include <getopt.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "qcow2j/check.h"
+#include "tools/cli/cli.h"
+#include "tools/cli/json_writer.h"
+
+namespace qcow2j::cli {
+
+namespace {
+
+// Whether the file starts with the qcow2 magic ("QFI\xfb").
+bool LooksLikeQcow2(const std::string& path, bool* readable) {
+  *readable = false;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  *readable = true;
+  unsigned char m[4] = {};
+  const bool ok = ::pread(fd, m, 4, 0) == 4 && m[0] == 'Q' && m[1] == 'F' && m[2] == 'I' &&
+                  m[3] == 0xfb;
+  ::close(fd);
+  return ok;
+}
+
+void PrintHuman(const CheckReport& r) {
+  if (!(r.corruptions || r.leaks || r.check_errors)) {
+    std::printf("No errors were found on the image.\n");
+  } else {
+    if (r.corruptions) {
+      std::printf("\n%llu errors were found on the image.\n"
+                  "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                  static_cast<unsigned long long>(r.corruptions));
+    }
+    if (r.leaks) {
+      std::printf("\n%llu leaked clusters were found on the image.\n"
+                  "This means waste of disk space, but no harm to data.\n",
+                  static_cast<unsigned long long>(r.leaks));
+    }
+    if (r.check_errors) {
+      std::printf("\n%llu internal errors have occurred during the check.\n",
+                  static_cast<unsigned long long>(r.check_errors));
+    }
+  }
+  if (r.total_clusters != 0 && r.allocated_clusters != 0) {
+    std::printf("%llu/%llu = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% compressed clusters\n",
+                static_cast<unsigned long long>(r.allocated_clusters),
+                static_cast<unsigned long long>(r.total_clusters),
+                r.allocated_clusters * 100.0 / r.total_clusters,
+                r.fragmented_clusters * 100.0 / r.allocated_clusters,
+                r.compressed_clusters * 100.0 / r.allocated_clusters);
+  }
+  if (r.image_end_offset) {
+    std::printf("Image end offset: %llu\n", static_cast<unsigned long long>(r.image_end_offset));
+  }
+}
+
+JsonValue ToJson(const CheckReport& r) {
+  JsonValue j = JsonValue::MakeObject();
+  j.Set("filename", r.filename);
+  j.Set("format", r.format);
+  j.Set("check-errors", r.check_errors);
+  // qemu-img omits each of these when it is zero.
+  auto opt = [&](const char* key, uint64_t v) {
+    if (v) j.Set(key, v);
+  };
+  opt("image-end-offset", r.image_end_offset);
+  opt("corruptions", r.corruptions);
+  opt("leaks", r.leaks);
+  opt("corruptions-fixed", r.corruptions_fixed);
+  opt("leaks-fixed", r.leaks_fixed);
+  opt("total-clusters", r.total_clusters);
+  opt("allocated-clusters", r.allocated_clusters);
+  opt("fragmented-clusters", r.fragmented_clusters);
+  opt("compressed-clusters", r.compressed_clusters);
+  // Ours: each problem of the reported pass (QEMU has no such field).
+  JsonValue problems = JsonValue::MakeArray();
+  for (const CheckProblem& p : r.problems) {
+    if (!p.counted) continue;
+    JsonValue o = JsonValue::MakeObject();
+    o.Set("kind", p.kind);
+    o.Set("offset", p.offset);
+    o.Set("message", p.message);
+    problems.Append(std::move(o));
+  }
+  if (!problems.array().empty()) j.Set("problems", std::move(problems));
+  if (!r.lost.empty()) {
+    JsonValue lost = JsonValue::MakeArray();
+    for (const LostRange& l : r.lost) {
+      JsonValue o = JsonValue::MakeObject();
+      o.Set("snapshot", l.snapshot);
+      o.Set("guest-offset", l.guest_offset);
+      o.Set("length", l.length);
+      lost.Append(std::move(o));
+    }
+    j.Set("lost-ranges", std::move(lost));
+  }
+  return j;
+}
+
+}  // namespace
+
+int CmdCheck(int argc, char** argv) {
+  std::string fmt, output = "human";
+  bool quiet = false;
+  CheckOptions opts;
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
+                                 {"format", required_argument, nullptr, 'f'},
+                                 {"repair", required_argument, nullptr, 'r'},
+                                 {"output", required_argument, nullptr, 'O'},
+                                 {"force-share", no_argument, nullptr, 'U'},
+                                 {nullptr, 0, nullptr, 0}};
+  ResetGetopt();
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:r:T:qU", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f': fmt = optarg; break;
+      case 'r':
+        if (std::strcmp(optarg, "leaks") == 0) {
+          opts.repair = RepairMode::kLeaks;
+        } else if (std::strcmp(optarg, "all") == 0) {
+          opts.repair = RepairMode::kAll;
+        } else {
+          PrintErrorF("Unknown option value for -r (expecting 'leaks' or 'all'): %s", optarg);
+          return 1;
+        }
+        break;
+      case 'O': output = optarg; break;
+      case 'q': quiet = true; break;
+      case 'T': break;  // cache mode: the checker does its own I/O
+      case 'U': break;  // the checker takes no lock
+      case 'h':
+        std::printf("usage: qcow2j check [-r leaks|all] [--output=human|json] [-q] [-f fmt] [-U] "
+                    "filename\n");
+        return 0;
+      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
+      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+    }
+  }
+  if (output != "human" && output != "json") {
+    PrintError("--output must be used with human or json as argument.");
+    return 1;
+  }
+  if (optind != argc - 1) {
+    PrintError("Expecting one image file name");
+    return 1;
+  }
+  const std::string path = argv[optind];
+  bool readable = false;
+  const bool qcow2 = LooksLikeQcow2(path, &readable);
+  if (!readable) {
+    PrintErrorF("Could not open '%s': Could not open '%s': %s", path.c_str(), path.c_str(),
+                std::strerror(errno));
+    return 1;
+  }
+  if (!fmt.empty() && fmt != "qcow2" && fmt != "raw") {
+    PrintErrorF("Unknown driver '%s'", fmt.c_str());
+    return 1;
+  }
+  if (fmt == "raw" || (fmt.empty() && !qcow2)) {
+    PrintError("This image format does not support checks");
+    return 63;
+  }
+  opts.on_message = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  auto result = CheckImage(path, opts);
+  if (!result.ok()) {
+    const Status& s = result.status();
+    if (s.code() == Code::kIOError || s.code() == Code::kAborted) {
+      PrintErrorF("Check failed: %s", s.message().c_str());
+    } else {
+      PrintErrorF("Could not open '%s': %s", path.c_str(), s.message().c_str());
+    }
+    return 1;
+  }
+  const CheckReport& r = *result;
+  std::fflush(stderr);
+  if (!quiet) {
+    if (output == "json") {
+      std::printf("%s\n", ToJson(r).Pretty().c_str());
+    } else {
+      if (r.corruptions_fixed || r.leaks_fixed) {
+        std::printf("The following inconsistencies were found and repaired:\n\n"
+                    "    %llu leaked clusters\n    %llu corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    static_cast<unsigned long long>(r.leaks_fixed),
+                    static_cast<unsigned long long>(r.corruptions_fixed));
+      }
+      PrintHuman(r);
+    }
+  }
+  if (r.check_errors) {
+    PrintError("Check failed");
+    return 1;
+  }
+  if (r.corruptions) return 2;
+  if (r.leaks) return 3;
+  return 0;
+}
+
+}  // namespace qcow2j::cli
