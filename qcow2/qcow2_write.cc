@@ -560,6 +560,10 @@ Status Qcow2Image::WriteL1Locked() {
 }
 
 Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
+  // One flush at a time: a flush drops the lock while it fills COW, and a
+  // second flush ending meanwhile would clear draining_ and let writers into
+  // clusters whose old contents are still being copied in.
+  while (draining_) inflight_cv_.wait(lk);
   draining_ = true;
   while (!inflight_.empty()) inflight_cv_.wait(lk);
   Status s = [&]() -> Status {
