@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -47,6 +48,7 @@ class Qcow2Image final : public Image {
 
   Status Read(uint64_t offset, void* buf, size_t len) override;
   Status Write(uint64_t offset, const void* buf, size_t len) override;
+  void WriteAsync(uint64_t offset, const void* buf, size_t len, Completion done) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) override;
   Status Discard(uint64_t offset, uint64_t len) override;
   Status Flush() override;
@@ -111,7 +113,27 @@ class Qcow2Image final : public Image {
   size_t recent_pos_ = 0;
   Status InitWriter();
   Status CheckWritable(const char* op, uint64_t offset, uint64_t len);
-  Status WritePiece(uint64_t pos, const uint8_t* src, size_t n);
+  // One cluster's part of a write, planned under the lock, executed without.
+  struct WriteAction {
+    uint64_t cluster = 0, pos = 0, host = 0;  // host: where src[0] goes
+    const uint8_t* src = nullptr;
+    size_t n = 0;
+    bool tracked = false;    // holds a writer count in inflight_[cluster]
+    bool exclusive = false;  // immediate COW of [cow_start, cow_end) in the cluster
+    uint64_t old_raw = 0, old_bitmap = 0, cluster_host = 0, cow_start = 0, cow_end = 0;
+  };
+  Status PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos, const uint8_t* src,
+                         size_t n, WriteAction* act);
+  Status ImmediateCow(const WriteAction& a);
+  Status WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len);
+  // Writes plan their allocations in submission (ticket) order, so
+  // concurrent sequential writes get a sequential host layout.
+  void WaitTurnLocked(std::unique_lock<std::mutex>& lk, uint64_t ticket);
+  void FinishTurnLocked(uint64_t ticket);
+  std::atomic<uint64_t> next_ticket_{0};
+  uint64_t turn_ = 0;
+  std::set<uint64_t> done_tickets_;
+  std::condition_variable turn_cv_;
   Status ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap);
   // Pinned L2 slice holding `cluster`'s entry, with the L2 table allocated or
   // copied (if shared) first. *entry points at the entry inside the slice.

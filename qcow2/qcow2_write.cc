@@ -20,6 +20,7 @@
 //      reused only from here on, for the same reason.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "metadata/refcount_block.h"
 #include "qcow2/compression.h"
 #include "qcow2/qcow2_image.h"
+#include "qcow2/request_pool.h"
 
 namespace qcow2j {
 namespace {
@@ -291,57 +293,53 @@ Status Qcow2Image::ResolveAllCowLocked(std::unique_lock<std::mutex>& lk) {
   return Status::OK();
 }
 
-Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
+// Plans the write of [pos, pos+n) inside one cluster: an in-place write, or
+// an allocation whose new L2 entry is published right away. Called in ticket
+// order under meta_mu_; the data moves later, without the lock.
+Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos,
+                                   const uint8_t* src, size_t n, WriteAction* act) {
   const uint64_t cluster = pos >> cluster_bits_;
   const uint64_t in = pos & (cluster_size_ - 1);
   const bool ext = header_.extended_l2();
   const uint64_t sc_size = cluster_size_ / kSubclustersPerCluster;
-  std::unique_lock<std::mutex> lk(meta_mu_);
+  act->cluster = cluster;
+  act->pos = pos;
+  act->src = src;
+  act->n = n;
+  L2Entry e;
   for (;;) {
     if (!failed_.ok()) return failed_;
-    uint64_t raw, bitmap;
-    QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
-    L2Entry e = DecodeL2(raw, bitmap);
-    bool in_place = !e.compressed() && e.type() == ClusterType::kNormal && e.copied();
-    if (in_place && ext) {
-      for (uint64_t sc = in / sc_size; sc <= (in + n - 1) / sc_size; sc++)
-        in_place &= e.subcluster_type(static_cast<unsigned>(sc)) == SubclusterType::kNormal;
-    }
     if (auto it = inflight_.find(cluster); it != inflight_.end() && it->second.exclusive) {
       inflight_cv_.wait(lk);
       continue;
     }
-    bool tracked = cow_.count(cluster) || inflight_.count(cluster);
-    if (draining_ && (tracked || !in_place)) {
-      inflight_cv_.wait(lk);
-      continue;
-    }
-    if (in_place) {
-      uint64_t host = e.host_offset();
-      if (host & (cluster_size_ - 1))
-        return Status::Corruption("L2 entry for guest offset " + Hex(pos) + ": data offset " +
-                                  Hex(host) + " is not aligned to the cluster size");
-      NoteWriteEndLocked(pos + n);
-      if (tracked) {
-        CoverLocked(cluster, in, n);
-        inflight_[cluster].writers++;
-      }
-      lk.unlock();
-      Status s = data_file_->Write(host + in, src, n);
-      if (tracked) {
-        lk.lock();
-        if (--inflight_[cluster].writers == 0) {
-          inflight_.erase(cluster);
-          inflight_cv_.notify_all();
-        }
-      }
-      return s;
-    }
+    uint64_t raw, bitmap;
+    QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
+    e = DecodeL2(raw, bitmap);
     break;
   }
+  bool in_place = !e.compressed() && e.type() == ClusterType::kNormal && e.copied();
+  if (in_place && ext) {
+    for (uint64_t sc = in / sc_size; sc <= (in + n - 1) / sc_size; sc++)
+      in_place &= e.subcluster_type(static_cast<unsigned>(sc)) == SubclusterType::kNormal;
+  }
+  if (in_place) {
+    uint64_t host = e.host_offset();
+    if (host & (cluster_size_ - 1))
+      return Status::Corruption("L2 entry for guest offset " + Hex(pos) + ": data offset " +
+                                Hex(host) + " is not aligned to the cluster size");
+    NoteWriteEndLocked(pos + n);
+    act->host = host + in;
+    if (cow_.count(cluster) || inflight_.count(cluster)) {
+      CoverLocked(cluster, in, n);
+      inflight_[cluster].writers++;
+      act->tracked = true;
+    }
+    return Status::OK();
+  }
 
-  // Allocating write: decide everything under the lock, publish the new L2
-  // entry, then transfer the data without it.
+  // Allocating write: publish the new L2 entry now; readers of the cluster
+  // wait (inflight_) until the data has landed.
   uint8_t* ent = nullptr;
   QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(cluster, &ent));
   const uint64_t old_raw = LoadBE64(ent);
@@ -397,36 +395,22 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
   });
   const bool stream = ContinuesStreamLocked(cluster << cluster_bits_);
   NoteWriteEndLocked(pos + n);
+  Inflight& inf = inflight_[cluster];
+  inf.writers++;
+  act->tracked = true;
+  act->host = host + in;
   if (!cow.empty() && !stream) {
-    // Immediate COW: read the old head/tail and write them with the data in
-    // one vectored write. The cluster is exclusive meanwhile, so no in-place
-    // writer lands in the head/tail only to be overwritten by old bytes.
-    Inflight& inf = inflight_[cluster];
-    inf.writers++;
+    // Immediate COW: the old head/tail go out with the data in one vectored
+    // write. The cluster is exclusive meanwhile, so no in-place writer lands
+    // in the head/tail only to be overwritten by old bytes.
     inf.exclusive = true;
-    lk.unlock();
-    Status s = [&]() -> Status {
-      uint64_t start = std::min(cow.front().first, in);
-      uint64_t end = std::max(cow.back().second, in + n);
-      std::vector<uint8_t> head(in - start), tail(end - (in + n));
-      if (!head.empty())
-        QCOW2J_RETURN_IF_ERROR(ReadOldContent(cluster, old_raw, old_bitmap, start, head.data(), head.size()));
-      if (!tail.empty())
-        QCOW2J_RETURN_IF_ERROR(
-            ReadOldContent(cluster, old_raw, old_bitmap, in + n, tail.data(), tail.size()));
-      iovec iov[3];
-      int cnt = 0;
-      if (!head.empty()) iov[cnt++] = {head.data(), head.size()};
-      iov[cnt++] = {const_cast<uint8_t*>(src), n};
-      if (!tail.empty()) iov[cnt++] = {tail.data(), tail.size()};
-      return data_file_->Writev(host + start, std::span<const iovec>(iov, cnt));
-    }();
-    lk.lock();
-    Inflight& done = inflight_[cluster];
-    done.exclusive = false;
-    if (--done.writers == 0) inflight_.erase(cluster);
-    inflight_cv_.notify_all();
-    return s;
+    act->exclusive = true;
+    act->old_raw = old_raw;
+    act->old_bitmap = old_bitmap;
+    act->cluster_host = host;
+    act->cow_start = std::min(cow.front().first, in);
+    act->cow_end = std::max(cow.back().second, in + n);
+    return Status::OK();
   }
   for (auto [a, b] : cow) {
     PendingCow& pc = cow_[cluster];
@@ -437,15 +421,24 @@ Status Qcow2Image::WritePiece(uint64_t pos, const uint8_t* src, size_t n) {
     }
     pc.uncovered[a] = b;
   }
-  inflight_[cluster].writers++;
-  lk.unlock();
-  Status s = data_file_->Write(host + in, src, n);
-  lk.lock();
-  if (--inflight_[cluster].writers == 0) {
-    inflight_.erase(cluster);
-    inflight_cv_.notify_all();
-  }
-  return s;
+  return Status::OK();
+}
+
+Status Qcow2Image::ImmediateCow(const WriteAction& a) {
+  const uint64_t in = a.pos & (cluster_size_ - 1);
+  std::vector<uint8_t> head(in - a.cow_start), tail(a.cow_end - (in + a.n));
+  if (!head.empty())
+    QCOW2J_RETURN_IF_ERROR(
+        ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, a.cow_start, head.data(), head.size()));
+  if (!tail.empty())
+    QCOW2J_RETURN_IF_ERROR(
+        ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, in + a.n, tail.data(), tail.size()));
+  iovec iov[3];
+  int cnt = 0;
+  if (!head.empty()) iov[cnt++] = {head.data(), head.size()};
+  iov[cnt++] = {const_cast<uint8_t*>(a.src), a.n};
+  if (!tail.empty()) iov[cnt++] = {tail.data(), tail.size()};
+  return data_file_->Writev(a.cluster_host + a.cow_start, std::span<const iovec>(iov, cnt));
 }
 
 bool Qcow2Image::ContinuesStreamLocked(uint64_t cluster_start) const {
@@ -459,17 +452,80 @@ bool Qcow2Image::ContinuesStreamLocked(uint64_t cluster_start) const {
   return near >= 3;
 }
 
-Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
-  QCOW2J_RETURN_IF_ERROR(CheckWritable("write", offset, len));
-  const auto* src = static_cast<const uint8_t*>(buf);
-  while (len > 0) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(len, cluster_size_ - (offset & (cluster_size_ - 1))));
-    QCOW2J_RETURN_IF_ERROR(WritePiece(offset, src, n));
-    offset += n;
-    src += n;
-    len -= n;
+void Qcow2Image::WaitTurnLocked(std::unique_lock<std::mutex>& lk, uint64_t ticket) {
+  // Ordering is a layout heuristic, never a correctness need: a request whose
+  // predecessors are slow to arrive (e.g. a completion callback writing from
+  // a request thread) goes ahead after a short wait instead of deadlocking.
+  turn_cv_.wait_for(lk, std::chrono::milliseconds(200), [&] { return turn_ >= ticket; });
+}
+
+void Qcow2Image::FinishTurnLocked(uint64_t ticket) {
+  done_tickets_.insert(ticket);
+  while (!done_tickets_.empty() && *done_tickets_.begin() <= turn_) {
+    if (*done_tickets_.begin() == turn_) turn_++;
+    done_tickets_.erase(done_tickets_.begin());
   }
-  return Status::OK();
+  turn_cv_.notify_all();
+}
+
+Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
+  return WriteTicketed(next_ticket_.fetch_add(1), offset, buf, len);
+}
+
+void Qcow2Image::WriteAsync(uint64_t offset, const void* buf, size_t len, Completion done) {
+  // The ticket is taken at submission, so allocation follows submission order
+  // even though request threads reach the lock in any order.
+  uint64_t ticket = next_ticket_.fetch_add(1);
+  SubmitRequest([=, this, done = std::move(done)] { done(WriteTicketed(ticket, offset, buf, len)); });
+}
+
+Status Qcow2Image::WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len) {
+  Status st = CheckWritable("write", offset, len);
+  const auto* src = static_cast<const uint8_t*>(buf);
+  std::vector<WriteAction> acts;
+  {
+    std::unique_lock<std::mutex> lk(meta_mu_);
+    WaitTurnLocked(lk, ticket);
+    while (st.ok() && draining_) inflight_cv_.wait(lk);
+    while (st.ok() && len > 0) {
+      size_t n = static_cast<size_t>(
+          std::min<uint64_t>(len, cluster_size_ - (offset & (cluster_size_ - 1))));
+      acts.emplace_back();
+      st = PlanPieceLocked(lk, offset, src, n, &acts.back());
+      if (!st.ok()) acts.pop_back();
+      offset += n;
+      src += n;
+      len -= n;
+    }
+    FinishTurnLocked(ticket);
+  }
+  // Data transfers, without the lock. Pieces whose host ranges follow each
+  // other go out as one vectored write.
+  Status io;
+  std::vector<iovec> iov;
+  for (size_t i = 0; i < acts.size() && io.ok();) {
+    if (acts[i].exclusive) {
+      io = ImmediateCow(acts[i++]);
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < acts.size() && !acts[j].exclusive && acts[j].host == acts[j - 1].host + acts[j - 1].n)
+      j++;
+    iov.clear();
+    for (size_t k = i; k < j; k++) iov.push_back({const_cast<uint8_t*>(acts[k].src), acts[k].n});
+    io = iov.size() == 1 ? data_file_->Write(acts[i].host, acts[i].src, acts[i].n)
+                         : data_file_->Writev(acts[i].host, iov);
+    i = j;
+  }
+  std::lock_guard<std::mutex> g(meta_mu_);
+  for (const WriteAction& a : acts) {
+    if (!a.tracked) continue;
+    Inflight& inf = inflight_[a.cluster];
+    if (a.exclusive) inf.exclusive = false;
+    if (--inf.writers == 0) inflight_.erase(a.cluster);
+  }
+  inflight_cv_.notify_all();
+  return st.ok() ? io : st;
 }
 
 // Makes one whole cluster read as zeros (zero=true) or discards it.

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "qcow2/request_pool.h"
 #include "qcow2j/image.h"
 
 namespace qcow2j {
@@ -51,6 +52,8 @@ class RequestPool {
 };
 
 }  // namespace
+
+void SubmitRequest(std::function<void()> fn) { RequestPool::Shared().Submit(std::move(fn)); }
 
 void Image::ReadAsync(uint64_t offset, void* buf, size_t len, Completion done) {
   RequestPool::Shared().Submit([=, this, done = std::move(done)] { done(Read(offset, buf, len)); });
