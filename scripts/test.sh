@@ -11,6 +11,9 @@ start=$SECONDS
 
 scripts/build.sh release
 (cd build && ctest -j "$(nproc)" --timeout 600)
+# The installed package: cmake --install into a temp prefix, then consumers
+# built with find_package(qcow2j) and with pkg-config create, write, read back.
+examples/consumer/check-installed.sh build
 
 if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
   scripts/build.sh asan
