@@ -65,6 +65,10 @@ int CmdSnapshot(int argc, char** argv) {
     return 1;
   }
   const std::string path = argv[optind];
+  if (force_share && action != Action::kList) {  // qemu-img opens read-write but for -l
+    PrintError("Could not open '" + path + "': force-share=on can only be used with read-only images");
+    return 1;
+  }
   // qemu-img opens the image (read-write for changes) even when there is
   // nothing to do; opening read-only gives the same "Could not open" errors.
   OpenOptions opts;
