@@ -69,6 +69,13 @@ class Qcow2Image final : public Image {
   // active L1. *raw == 0 and *bitmap == 0 when the L1 entry is empty.
   // Caller holds meta_mu_.
   Status LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap);
+  // Makes sure the L2 slice holding `cluster`'s entry is cached, reading it
+  // from disk WITHOUT the lock when it is not, so that misses of concurrent
+  // requests overlap instead of queueing behind one lock. Returns true when
+  // the lock was dropped: the caller must look again at what it had seen.
+  Result<bool> PrefetchL2Locked(std::unique_lock<std::mutex>& lk, uint64_t cluster);
+  std::set<uint64_t> l2_loading_;  // slice offsets being read without the lock
+  uint64_t l2_epoch_ = 0;          // bumped when an L2 table is freed
   // End of the image file as the engine sees it: the size at open, or past
   // every cluster allocated since (appended clusters may not be written yet).
   // Decodes an L2 entry of this image (extended or not; with an external
@@ -173,6 +180,9 @@ class Qcow2Image final : public Image {
   Result<bool> MetadataPreallocated();
   std::mutex prealloc_mu_;
   bool prealloc_known_ = false, prealloc_ = false;
+
+  std::string recovery_report_;  // what open-time recovery did, for Info()
+  bool dirty_repaired_ = false;  // Load repaired a dirty image and runs again
 
   std::string path_;
   std::string dir_;  // folder of path_, for relative backing names

@@ -42,6 +42,7 @@ ImageInfo Qcow2Image::Info() {
   info.incompatible_features = header_.incompatible_features;
   info.compatible_features = header_.compatible_features;
   info.autoclear_features = header_.autoclear_features;
+  info.recovery_report = recovery_report_;
   return info;
 }
 

@@ -6,6 +6,7 @@
 
 #include "metadata/endian.h"
 #include "qcow2/qcow2_image.h"
+#include "qcow2j/check.h"
 
 namespace qcow2j {
 namespace {
@@ -96,9 +97,26 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   if (!read_only_ && (header_.incompatible_features & kIncompatCorrupt))
     return Status::Corruption("image '" + path + "' is marked corrupt (incompatible bit 1); "
                               "it can only be opened read-only, or repaired with check -r all");
-  if (!read_only_ && (header_.incompatible_features & kIncompatDirty))
-    return Status::NotSupported("image '" + path + "' has the dirty bit set (lazy refcounts); "
-                                "opening it read-write needs a refcount rebuild");
+  if (!read_only_ && (header_.incompatible_features & kIncompatDirty)) {
+    // Left dirty (lazy refcounts, or a crash in dirty-refcount mode): the
+    // refcounts on disk may be stale. Like QEMU, repair them before any
+    // write, then open the repaired image.
+    if (dirty_repaired_) return Status::Corruption("image '" + path + "' is still dirty after repair");
+    file_.reset();
+    CheckOptions co;
+    co.env = env_;
+    co.repair = RepairMode::kAll;
+    auto report = CheckImage(path, co);
+    if (!report.ok()) return report.status().Annotate("repairing dirty image '" + path + "'");
+    if (report->corruptions > 0)
+      return Status::Corruption("image '" + path + "' was dirty and still has " +
+                                std::to_string(report->corruptions) + " corruptions after repair");
+    recovery_report_ = "refcounts rebuilt after an unclean shutdown (" +
+                       std::to_string(report->corruptions_fixed + report->leaks_fixed) +
+                       " inconsistencies fixed)";
+    dirty_repaired_ = true;
+    return Load(path, opts, depth);
+  }
 
   QCOW2J_RETURN_IF_ERROR(LoadSnapshots());
 

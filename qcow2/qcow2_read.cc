@@ -64,6 +64,50 @@ Status Qcow2Image::LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bit
   return Status::OK();
 }
 
+Result<bool> Qcow2Image::PrefetchL2Locked(std::unique_lock<std::mutex>& lk, uint64_t cluster) {
+  uint64_t l1_index = cluster >> l2_bits_;
+  if (l1_index >= l1_.size()) return false;
+  L1Entry l1 = L1Entry::Decode(l1_[l1_index]);
+  const uint64_t limit = HostLimit();
+  // Invalid entries are reported by LookupL2Locked.
+  if (l1.l2_offset == 0 || l1.reserved_bits || (l1.l2_offset & (cluster_size_ - 1)) ||
+      l1.l2_offset < cluster_size_ || l1.l2_offset >= limit || cluster_size_ > limit - l1.l2_offset)
+    return false;
+  uint64_t index = cluster & ((1ull << l2_bits_) - 1);
+  uint64_t slice_offset = l1.l2_offset + (index >> slice_entries_bits_) * slice_bytes_;
+  if (TableCache::Table* t = l2_cache_->Get(slice_offset)) {
+    l2_cache_->Release(t);
+    return false;
+  }
+  if (l2_loading_.count(slice_offset)) {  // someone else is reading it: wait for them
+    inflight_cv_.wait(lk);
+    return true;
+  }
+  l2_loading_.insert(slice_offset);
+  const uint64_t epoch = l2_epoch_;
+  lk.unlock();
+  std::vector<uint8_t> buf(slice_bytes_);
+  Status s = file_->Read(slice_offset, buf.data(), buf.size());
+  lk.lock();
+  l2_loading_.erase(slice_offset);
+  // Cache what was read unless the slice got cached meanwhile (possibly
+  // modified) or a table was freed (the offset may now hold something else).
+  if (s.ok() && epoch == l2_epoch_) {
+    TableCache::Table* t = l2_cache_->Get(slice_offset);
+    if (!t) {
+      auto put = l2_cache_->Put(slice_offset);
+      if (put.ok()) {
+        t = *put;
+        std::memcpy(t->data(), buf.data(), slice_bytes_);
+      }
+    }
+    if (t) l2_cache_->Release(t);
+  }
+  inflight_cv_.notify_all();
+  QCOW2J_RETURN_IF_ERROR(s);
+  return true;
+}
+
 Status Qcow2Image::CheckHostRange(const char* what, uint64_t guest_offset, uint64_t host,
                                   uint64_t len, bool in_data_file) {
   if (in_data_file && data_file_ != file_.get()) return Status::OK();  // data files may be short
@@ -98,6 +142,11 @@ Result<GuestExtent> Qcow2Image::MapExtent(uint64_t offset, uint64_t max_length) 
       continue;
     }
     if (cow_.count(cluster)) QCOW2J_RETURN_IF_ERROR(ResolveCowLocked(cluster));
+    QCOW2J_ASSIGN_OR_RETURN(bool dropped, PrefetchL2Locked(lock, cluster));
+    if (dropped) {
+      if (!first) return ext;
+      continue;  // the lock was dropped: look at this cluster again
+    }
     uint64_t raw, bitmap;
     QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
     L2Entry e = DecodeL2(raw, bitmap);

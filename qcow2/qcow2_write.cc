@@ -313,6 +313,8 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       inflight_cv_.wait(lk);
       continue;
     }
+    QCOW2J_ASSIGN_OR_RETURN(bool dropped, PrefetchL2Locked(lk, cluster));
+    if (dropped) continue;  // the lock was dropped: look again
     uint64_t raw, bitmap;
     QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
     e = DecodeL2(raw, bitmap);
@@ -642,6 +644,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
     for (const Decrement& d : dec) {                            // 3: dropped references
       QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
       if (rc == 0) {
+        l2_epoch_++;
         l2_cache_->Erase(d.host);  // in case it was an L2 table (slices keyed by offset)
         for (uint64_t off = d.host; off < d.host + cluster_size_; off += slice_bytes_) l2_cache_->Erase(off);
         if (d.punch) QCOW2J_RETURN_IF_ERROR(file_->PunchHole(d.host, cluster_size_));
