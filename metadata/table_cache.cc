@@ -6,6 +6,10 @@
 #include <string>
 
 namespace qcow2j {
+
+namespace {
+constexpr size_t kSlabSlots = 64;
+}  // namespace
 namespace {
 
 constexpr size_t kInitialBuckets = 16;
@@ -36,18 +40,23 @@ TableCache::~TableCache() {
 }
 
 Result<TableCache::Table*> TableCache::NewTable() {
-  void* p = nullptr;
-  size_t bytes = std::max<size_t>(table_size_, 1);
-  if (::posix_memalign(&p, alignment_, bytes) != 0) {
-    return Status::FromErrno(ENOMEM, "table cache: allocate a " + std::to_string(table_size_) +
-                                         " byte table");
+  if (free_bufs_.empty()) {
+    size_t bytes = std::max<size_t>(table_size_, 1);
+    size_t slots = std::min<size_t>(kSlabSlots, std::max<size_t>(1, capacity_ - std::min(capacity_, slots_allocated_)));
+    slots = std::max<size_t>(1, std::min(slots, std::max<size_t>(1, (4u << 20) / bytes)));
+    void* p = nullptr;
+    if (::posix_memalign(&p, alignment_, bytes * slots) != 0) {
+      return Status::FromErrno(ENOMEM, "table cache: allocate " + std::to_string(slots) + " tables of " +
+                                           std::to_string(table_size_) + " bytes");
+    }
+    slabs_.emplace_back(static_cast<uint8_t*>(p));
+    for (size_t i = 0; i < slots; i++) free_bufs_.push_back(static_cast<uint8_t*>(p) + i * bytes);
+    slots_allocated_ += slots;
   }
   Table* t = new (std::nothrow) Table();
-  if (t == nullptr) {
-    std::free(p);
-    return Status::FromErrno(ENOMEM, "table cache: allocate a table");
-  }
-  t->data_.reset(static_cast<uint8_t*>(p));
+  if (t == nullptr) return Status::FromErrno(ENOMEM, "table cache: allocate a table");
+  t->data_ = free_bufs_.back();
+  free_bufs_.pop_back();
   return t;
 }
 
@@ -103,7 +112,7 @@ Result<TableCache::Table*> TableCache::Put(uint64_t offset) {
   // Usually one eviction; more only after Resize shrank below pinned tables.
   while (index_.size() >= capacity_) {
     QCOW2J_ASSIGN_OR_RETURN(Table * victim, EvictOne());
-    if (t != nullptr) delete t;
+    if (t != nullptr) Recycle(t);
     t = victim;
   }
   if (t == nullptr) {
@@ -123,7 +132,7 @@ void TableCache::Release(Table* t) {
   if (--t->pins_ > 0) return;
   if (t->erased_) {
     orphans_.erase(orphans_.iterator_to(*t));
-    delete t;
+    Recycle(t);
     return;
   }
   lru_.push_front(*t);
@@ -155,7 +164,7 @@ void TableCache::Erase(uint64_t offset) {
   MarkClean(t);
   if (t->pins_ == 0) {
     lru_.erase(lru_.iterator_to(*t));
-    delete t;
+    Recycle(t);
   } else {
     t->erased_ = true;
     orphans_.push_back(*t);
@@ -168,7 +177,7 @@ void TableCache::Clear() {
   index_.clear_and_dispose([this](Table* t) {
     t->dirty_ = false;
     if (t->pins_ == 0) {
-      delete t;
+      Recycle(t);
     } else {
       t->erased_ = true;
       orphans_.push_back(*t);
@@ -181,7 +190,7 @@ Status TableCache::Resize(size_t capacity) {
   capacity_ = capacity;
   while (index_.size() > capacity_ && !lru_.empty()) {
     QCOW2J_ASSIGN_OR_RETURN(Table * victim, EvictOne());
-    delete victim;
+    Recycle(victim);
   }
   return Status::OK();
 }

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "qcow2j/status.h"
 
@@ -36,8 +37,8 @@ class TableCache {
   class Table {
    public:
     uint64_t offset() const { return offset_; }
-    uint8_t* data() { return data_.get(); }
-    const uint8_t* data() const { return data_.get(); }
+    uint8_t* data() { return data_; }
+    const uint8_t* data() const { return data_; }
     bool dirty() const { return dirty_; }
     uint32_t pins() const { return pins_; }
 
@@ -55,7 +56,7 @@ class TableCache {
     uint32_t pins_ = 0;
     bool dirty_ = false;
     bool erased_ = false;  // Erase()d or Clear()ed while pinned; freed on last Release
-    std::unique_ptr<uint8_t, Free> data_;
+    uint8_t* data_ = nullptr;  // a slot of one of the cache's slabs
   };
 
   // Writes table_size bytes back to offset. Called for dirty tables only.
@@ -133,6 +134,16 @@ class TableCache {
   Result<Table*> EvictOne();
   void MarkClean(Table* t);
   static void Delete(Table* t) { delete t; }
+  // Returns t's buffer to the free slots and deletes t.
+  void Recycle(Table* t) {
+    free_bufs_.push_back(t->data_);
+    delete t;
+  }
+  // Buffers come from slabs of many slots: one aligned allocation per table
+  // would cost a page of allocator overhead per 4 KiB slice.
+  std::vector<std::unique_ptr<uint8_t, Table::Free>> slabs_;
+  std::vector<uint8_t*> free_bufs_;
+  size_t slots_allocated_ = 0;
 
   const size_t table_size_;
   const size_t alignment_;
