@@ -38,6 +38,7 @@ int CmdSnapshot(int argc, char** argv);
 int CmdBench(int argc, char** argv);
 int CmdIo(int argc, char** argv);
 int CmdCheck(int argc, char** argv);
+int CmdCrashtest(int argc, char** argv);
 
 }  // namespace qcow2j::cli
 

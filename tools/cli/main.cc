@@ -32,6 +32,7 @@ constexpr Command kCommands[] = {
      "[--pattern=N] [-q] [-s size] [-S step] [-t cache] [-i aio] [-w] [-U] filename"},
     {"check", qcow2j::cli::CmdCheck,
      "check [-r leaks|all] [--output=human|json] [-q] [-f fmt] [-U] filename"},
+    {"crashtest", qcow2j::cli::CmdCrashtest, "crashtest [--states N] [--seed S] [--model prefix|subset|torn|all] [--replay RUN_SEED]"},
     {"io", qcow2j::cli::CmdIo,
      "io [-f fmt] [-c command]... [-r] [-n] [-t cache] [-U] filename  (qemu-io commands)"},
 };

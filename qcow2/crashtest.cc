@@ -1,0 +1,919 @@
+// The crash-test property runner (include/qcow2j/crashtest.h).
+//
+// Every guest request writes a pattern of its own: byte b of pattern p is a
+// hash of (p, b), pattern 0 is zeros and pattern 1 is the backing file's
+// data. So the reference model need not hold bytes, only, per byte, the set
+// of pattern ids the byte may read as; runs of bytes with the same set are
+// kept as one entry of an ordered map.
+//
+// Why the allowed set at a crash point is what it is: a flush that returned
+// before the crash made every request that completed before it durable, so
+// the model as it stood when that flush began is the floor. Any request that
+// started before the crash point may have reached the disk in whole, in part
+// or not at all, so its pattern (zeros for write-zeroes and discard) is
+// added on its range. Nothing else may appear: not stale data of another
+// range, not metadata, not zeros where zeros were never written.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include "io/crash_env.h"
+#include "io/memory_env.h"
+#include "qcow2j/check.h"
+#include "qcow2j/crashtest.h"
+#include "qcow2j/image.h"
+
+namespace qcow2j {
+namespace {
+
+constexpr const char* kDir = "/crash";
+constexpr const char* kImage = "/crash/img.qcow2";
+constexpr const char* kBacking = "/crash/backing.qcow2";
+constexpr uint32_t kZeroPattern = 0;
+constexpr uint32_t kBackingPattern = 1;
+
+uint64_t Mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t PatternWord(uint32_t p, uint64_t word) { return Mix64((uint64_t{p} << 44) ^ word); }
+
+uint8_t PatternByte(uint32_t p, uint64_t b) {
+  if (p == kZeroPattern) return 0;
+  return static_cast<uint8_t>(PatternWord(p, b >> 3) >> ((b & 7) * 8));
+}
+
+// buf[i] = PatternByte(p, off + i).
+void FillPattern(uint32_t p, uint64_t off, uint8_t* buf, size_t n) {
+  if (p == kZeroPattern) {
+    std::memset(buf, 0, n);
+    return;
+  }
+  size_t i = 0;
+  while (i < n && ((off + i) & 7)) {
+    buf[i] = PatternByte(p, off + i);
+    ++i;
+  }
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w = PatternWord(p, (off + i) >> 3);
+    for (int k = 0; k < 8; ++k) buf[i + k] = static_cast<uint8_t>(w >> (8 * k));
+  }
+  for (; i < n; ++i) buf[i] = PatternByte(p, off + i);
+}
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// Per byte of [0, size), the pattern ids it may read as (sorted, unique).
+class ByteModel {
+ public:
+  using Cands = std::vector<uint32_t>;
+
+  explicit ByteModel(uint64_t size = 0) : size_(size) { runs_[0] = Cands{kZeroPattern}; }
+
+  uint64_t size() const { return size_; }
+
+  void Assign(uint64_t off, uint64_t len, uint32_t id) {
+    if (!Clip(&off, &len)) return;
+    Split(off);
+    Split(off + len);
+    runs_.erase(runs_.lower_bound(off), runs_.lower_bound(off + len));
+    runs_[off] = Cands{id};
+    Coalesce(off);
+    Coalesce(off + len);
+  }
+
+  void Add(uint64_t off, uint64_t len, uint32_t id) {
+    if (!Clip(&off, &len)) return;
+    Split(off);
+    Split(off + len);
+    for (auto it = runs_.lower_bound(off); it != runs_.end() && it->first < off + len; ++it) {
+      auto pos = std::lower_bound(it->second.begin(), it->second.end(), id);
+      if (pos == it->second.end() || *pos != id) it->second.insert(pos, id);
+    }
+    Coalesce(off);
+    Coalesce(off + len);
+  }
+
+  // The first byte of buf (guest [off, off+n)) outside its allowed set, or
+  // UINT64_MAX.
+  uint64_t FirstMismatch(uint64_t off, const uint8_t* buf, uint64_t n) const {
+    std::vector<uint8_t> expect;
+    uint64_t end = off + n;
+    auto it = std::prev(runs_.upper_bound(off));
+    for (; it != runs_.end() && it->first < end; ++it) {
+      uint64_t from = std::max(off, it->first);
+      auto next = std::next(it);
+      uint64_t to = std::min(end, next == runs_.end() ? size_ : next->first);
+      if (from >= to) continue;
+      const Cands& c = it->second;
+      const uint8_t* got = buf + (from - off);
+      uint64_t len = to - from;
+      if (c.size() == 1) {
+        expect.resize(len);
+        FillPattern(c[0], from, expect.data(), len);
+        if (std::memcmp(expect.data(), got, len) == 0) continue;
+        for (uint64_t i = 0; i < len; ++i)
+          if (expect[i] != got[i]) return from + i;
+      }
+      std::vector<std::vector<uint8_t>> alts(c.size(), std::vector<uint8_t>(len));
+      for (size_t k = 0; k < c.size(); ++k) FillPattern(c[k], from, alts[k].data(), len);
+      for (uint64_t i = 0; i < len; ++i) {
+        bool ok = false;
+        for (size_t k = 0; k < c.size() && !ok; ++k) ok = alts[k][i] == got[i];
+        if (!ok) return from + i;
+      }
+    }
+    return UINT64_MAX;
+  }
+
+  const Cands& At(uint64_t b) const { return std::prev(runs_.upper_bound(b))->second; }
+
+  // Makes the model exact where buf (guest [off, off+n)) was read: each byte
+  // takes the candidate it matches, preferring the one of the byte before
+  // (a match by chance of another candidate does not split runs).
+  void Resolve(uint64_t off, const uint8_t* buf, uint64_t n) {
+    std::vector<std::pair<uint64_t, uint32_t>> picks;  // run start, id
+    uint32_t cur = UINT32_MAX;
+    for (uint64_t i = 0; i < n; ++i) {
+      const Cands& c = At(off + i);
+      uint8_t v = buf[i];
+      if (cur != UINT32_MAX && std::binary_search(c.begin(), c.end(), cur) &&
+          PatternByte(cur, off + i) == v)
+        continue;
+      uint32_t pick = c.front();
+      for (uint32_t id : c) {
+        if (PatternByte(id, off + i) == v) {
+          pick = id;
+          break;
+        }
+      }
+      if (pick != cur) {
+        picks.emplace_back(off + i, pick);
+        cur = pick;
+      }
+    }
+    for (size_t k = 0; k < picks.size(); ++k) {
+      uint64_t to = k + 1 < picks.size() ? picks[k + 1].first : off + n;
+      Assign(picks[k].first, to - picks[k].first, picks[k].second);
+    }
+  }
+
+  std::string Describe(uint64_t b) const {
+    std::string s = "{";
+    for (uint32_t id : At(b)) {
+      if (s.size() > 1) s += ",";
+      s += std::to_string(id);
+    }
+    return s + "}";
+  }
+
+ private:
+  bool Clip(uint64_t* off, uint64_t* len) const {
+    if (*off >= size_) return false;
+    *len = std::min(*len, size_ - *off);
+    return *len != 0;
+  }
+  void Split(uint64_t at) {
+    if (at >= size_) return;
+    auto it = std::prev(runs_.upper_bound(at));
+    if (it->first != at) runs_[at] = it->second;
+  }
+  // Merges the run at `at` into the one before when their sets are equal.
+  void Coalesce(uint64_t at) {
+    auto it = runs_.find(at);
+    if (it == runs_.end() || it == runs_.begin()) return;
+    if (std::prev(it)->second == it->second) runs_.erase(it);
+  }
+
+  uint64_t size_;
+  std::map<uint64_t, Cands> runs_;
+};
+
+enum class ReqKind { kWrite, kZero, kDiscard, kFlush, kClose, kOpen, kRead };
+
+const char* ReqName(ReqKind k) {
+  switch (k) {
+    case ReqKind::kWrite: return "write";
+    case ReqKind::kZero: return "zero";
+    case ReqKind::kDiscard: return "discard";
+    case ReqKind::kFlush: return "flush";
+    case ReqKind::kClose: return "close";
+    case ReqKind::kOpen: return "open";
+    case ReqKind::kRead: return "read";
+  }
+  return "?";
+}
+
+struct Req {
+  ReqKind kind;
+  uint64_t offset = 0, length = 0;
+  uint32_t pattern = 0;     // kWrite
+  bool unmap = false;       // kZero
+  uint64_t start = 0, end = 0;  // crash points around it
+  bool ok = true;
+  int snapshot = -1;        // flush/close that returned OK: model when it began
+};
+
+struct VerifyExtras {
+  bool qemu_check = false;
+  bool reuse = false;
+  std::string qemu_img = "qemu-img";
+  std::string temp_dir = "/var/tmp";
+  bool* leaked = nullptr;
+  bool* qemu_ran = nullptr;
+  bool* reused = nullptr;
+  std::string dump_dir;  // a failing state's files go here ("" : nowhere)
+  bool keep_all = false;  // no crash: every operation kept
+};
+
+Status Violation(const std::string& m) { return Status::Corruption(m); }
+
+class WorkloadImpl final : public CrashWorkload {
+ public:
+  explicit WorkloadImpl(const Config& c) : cfg_(c), initial_(c.size), live_(c.size) {}
+
+  ~WorkloadImpl() override { Abandon(); }
+
+  Status Init() {
+    base_ = NewMemoryEnvForTest();
+    std::mt19937_64 rng(cfg_.seed);
+    CreateOptions co;
+    co.env = base_.get();
+    co.size = cfg_.size;
+    co.cluster_size = cfg_.cluster_size;
+    co.extended_l2 = cfg_.extended_l2;
+    co.journal = cfg_.journal;
+    if (cfg_.backing) {
+      CreateOptions bo;
+      bo.env = base_.get();
+      bo.size = cfg_.size;
+      bo.journal = false;
+      bo.cluster_size = 65536;
+      QCOW2J_RETURN_IF_ERROR(Image::Create(kBacking, bo).Annotate("create backing"));
+      OpenOptions oo;
+      oo.env = base_.get();
+      oo.read_only = false;
+      QCOW2J_ASSIGN_OR_RETURN(auto b, Image::Open(kBacking, oo));
+      int ranges = 2 + static_cast<int>(rng() % 5);
+      for (int i = 0; i < ranges; ++i) {
+        uint64_t len = 1 + rng() % (512 << 10);
+        uint64_t off = rng() % cfg_.size;
+        len = std::min(len, cfg_.size - off);
+        std::vector<uint8_t> buf(len);
+        FillPattern(kBackingPattern, off, buf.data(), len);
+        QCOW2J_RETURN_IF_ERROR(b->Write(off, buf.data(), len));
+        initial_.Assign(off, len, kBackingPattern);
+      }
+      QCOW2J_RETURN_IF_ERROR(b->Close());
+      co.backing_file = "backing.qcow2";
+      co.backing_format = "qcow2";
+    }
+    QCOW2J_RETURN_IF_ERROR(Image::Create(kImage, co).Annotate("create image"));
+    live_ = initial_;
+    history_ = "config: " + DescribeConfig() + "\n";
+    return StartEnv();
+  }
+
+  uint64_t size() const override { return cfg_.size; }
+
+  Status Write(uint64_t offset, uint64_t len) override {
+    if (!Clip(&offset, &len)) return Status::OK();
+    Req r{ReqKind::kWrite};
+    r.offset = offset;
+    r.length = len;
+    r.pattern = next_pattern_++;
+    std::vector<uint8_t> buf(len);
+    FillPattern(r.pattern, offset, buf.data(), len);
+    return Run(r, [&] { return image_->Write(offset, buf.data(), len); });
+  }
+
+  Status WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) override {
+    if (!Clip(&offset, &len)) return Status::OK();
+    Req r{ReqKind::kZero};
+    r.offset = offset;
+    r.length = len;
+    r.unmap = may_unmap;
+    return Run(r, [&] { return image_->WriteZeroes(offset, len, may_unmap); });
+  }
+
+  Status Discard(uint64_t offset, uint64_t len) override {
+    if (!Clip(&offset, &len)) return Status::OK();
+    Req r{ReqKind::kDiscard};
+    r.offset = offset;
+    r.length = len;
+    return Run(r, [&] { return image_->Discard(offset, len); });
+  }
+
+  Status Flush() override {
+    Req r{ReqKind::kFlush};
+    return Run(r, [&] { return image_->Flush(); });
+  }
+
+  Status Reopen() override {
+    QCOW2J_RETURN_IF_ERROR(Close());
+    return Open();
+  }
+
+  Status Close() override {
+    Req c{ReqKind::kClose};
+    return Run(c, [&] {
+      Status s = image_->Close();
+      image_.reset();
+      return s;
+    });
+  }
+
+  Status Open() override {
+    if (image_) return Status::InvalidArgument("the image is open");
+    Req o{ReqKind::kOpen};
+    return Run(o, [&] { return OpenLive(); });
+  }
+
+  Status CheckLive(uint64_t offset, uint64_t len) override {
+    if (!Clip(&offset, &len)) return Status::OK();
+    std::vector<uint8_t> buf(len);
+    Req r{ReqKind::kRead};
+    r.offset = offset;
+    r.length = len;
+    QCOW2J_RETURN_IF_ERROR(Run(r, [&] { return image_->Read(offset, buf.data(), len); }));
+    uint64_t bad = live_.FirstMismatch(offset, buf.data(), len);
+    if (bad == UINT64_MAX) return Status::OK();
+    return Violation("live read of [" + Hex(offset) + ", +" + Hex(len) + ") has byte " +
+                     Hex(buf[bad - offset]) + " at guest " + Hex(bad) + ", allowed patterns " +
+                     live_.Describe(bad) + "\n" + History());
+  }
+
+  uint64_t crash_points() const override { return env_->op_count(); }
+
+  Status VerifyCrash(uint64_t point, CrashModel model, uint64_t seed, bool* leaked) override {
+    VerifyExtras x;
+    x.leaked = leaked;
+    return VerifyCrashEx(point, model, seed, x, nullptr);
+  }
+
+  Status CrashAndContinue(uint64_t point, CrashModel model, uint64_t seed) override {
+    VerifyExtras x;
+    std::unique_ptr<MemoryEnv> state;
+    ByteModel resolved;
+    QCOW2J_RETURN_IF_ERROR(VerifyCrashEx(point, model, seed, x, &state, &resolved));
+    Abandon();
+    history_ += "crash at " + std::to_string(point) + " (" + CrashModelName(model) + ", seed " +
+                std::to_string(seed) + "), continue on that state\n";
+    base_ = std::move(state);
+    initial_ = resolved;
+    live_ = resolved;
+    reqs_.clear();
+    snapshots_.clear();
+    return StartEnv();
+  }
+
+  std::string History() const override {
+    std::string s = history_;
+    for (size_t i = 0; i < reqs_.size(); ++i) s += DescribeReq(reqs_[i]) + "\n";
+    return s;
+  }
+
+  // The state at `point`, verified; optionally handed back with the model
+  // resolved to what it reads.
+  Status VerifyNow(bool* leaked) override {
+    VerifyExtras x;
+    x.leaked = leaked;
+    x.keep_all = true;
+    return VerifyCrashEx(crash_points(), CrashModel::kPrefix, 0, x, nullptr);
+  }
+
+  Status VerifyCrashEx(uint64_t point, CrashModel model, uint64_t seed, const VerifyExtras& x,
+                       std::unique_ptr<MemoryEnv>* keep, ByteModel* resolved = nullptr) {
+    CrashStateOptions so;
+    so.keep_all = x.keep_all;
+    so.model = model;
+    so.seed = seed;
+    so.atom = (Mix64(seed) & 1) ? 4096 : 512;
+    auto where = [&] {
+      return "crash point " + std::to_string(point) + " of " + std::to_string(crash_points()) +
+             ", model " + CrashModelName(model) + (model == CrashModel::kTorn
+                                                       ? " (atom " + std::to_string(so.atom) + ")"
+                                                       : std::string()) +
+             ", state seed " + std::to_string(seed) + (so.keep_all ? " (no crash)" : "");
+    };
+    auto st = NewMemoryEnvForTest();
+    CrashStateSummary sum;
+    QCOW2J_RETURN_IF_ERROR(builder_->Build(point, so, st.get(), &sum));
+    std::string at = where() + " (" + std::to_string(sum.pending) + " unsynced ops, " +
+                     std::to_string(sum.kept) + " kept, " + std::to_string(sum.torn) + " torn)";
+    Status v = CheckState(st.get(), point, at, seed, x, resolved);
+    if (!v.ok() && !x.dump_dir.empty()) {
+      Status d = DumpState(st.get(), x.dump_dir);
+      v = Status::Corruption(v.message() + (d.ok() ? "state written to " + x.dump_dir
+                                                     : "dump failed: " + d.ToString()));
+    }
+    if (v.ok() && keep) *keep = std::move(st);
+    return v;
+  }
+
+  Status CheckState(MemoryEnv* st_ptr, uint64_t point, const std::string& at, uint64_t seed,
+                    const VerifyExtras& x, ByteModel* resolved) {
+    MemoryEnv* st = st_ptr;
+    point_ = point;
+    auto History = [&] { return FileOps(point) + this->History(); };
+
+    // 1. The checker finds no corruption.
+    CheckOptions co;
+    co.env = st;
+    auto rep = CheckImage(kImage, co);
+    if (!rep.ok()) return Violation(at + ": CheckImage failed: " + rep.status().ToString() + "\n" + History());
+    if (rep->corruptions || rep->check_errors) {
+      std::string m = at + ": CheckImage: " + std::to_string(rep->corruptions) + " corruptions";
+      int shown = 0;
+      for (const CheckProblem& p : rep->problems) {
+        if (p.leak || !p.counted) continue;
+        if (shown++ == 6) break;
+        m += "\n  " + p.message;
+      }
+      return Violation(m + "\n" + History());
+    }
+    if (x.leaked) *x.leaked = rep->leaks != 0;
+
+    // 2. Every byte reads as allowed.
+    ByteModel allowed = Allowed(point);
+    OpenOptions oo;
+    oo.env = st;
+    oo.read_only = true;
+    oo.format = "qcow2";
+    auto img = Image::Open(kImage, oo);
+    if (!img.ok()) return Violation(at + ": reopen failed: " + img.status().ToString() + "\n" + History());
+    std::vector<uint8_t> buf;
+    constexpr uint64_t kChunk = 1 << 20;
+    for (uint64_t off = 0; off < cfg_.size; off += kChunk) {
+      uint64_t n = std::min(kChunk, cfg_.size - off);
+      buf.resize(n);
+      Status s = (*img)->Read(off, buf.data(), n);
+      if (!s.ok()) return Violation(at + ": read at " + Hex(off) + " failed: " + s.ToString() + "\n" + History());
+      uint64_t bad = allowed.FirstMismatch(off, buf.data(), n);
+      if (bad != UINT64_MAX) {
+        return Violation(at + ": guest byte " + Hex(bad) + " reads " + Hex(buf[bad - off]) +
+                         ", allowed patterns " + allowed.Describe(bad) + " (expected bytes:" +
+                         ExpectedBytes(allowed, bad) + ")\n" + History());
+      }
+      if (resolved) {
+        if (off == 0) *resolved = allowed;
+        resolved->Resolve(off, buf.data(), n);
+      }
+    }
+    (void)(*img)->Close();
+    img->reset();
+
+    // 3. qemu-img agrees.
+    if (x.qemu_check) QCOW2J_RETURN_IF_ERROR(QemuCheck(st, at, x));
+
+    // 4. The engine can go on from the recovered state.
+    if (x.reuse) {
+      QCOW2J_RETURN_IF_ERROR(Reuse(st, seed, at));
+      if (x.reused) *x.reused = true;
+    }
+    return Status::OK();
+  }
+
+  std::string DescribeConfig() const {
+    return "size " + std::to_string(cfg_.size >> 20) + " MiB, cluster " +
+           std::to_string(cfg_.cluster_size) + (cfg_.extended_l2 ? ", extended L2" : "") +
+           (cfg_.backing ? ", backing file" : "") + (cfg_.journal ? ", journal" : ", no journal");
+  }
+
+ private:
+  bool Clip(uint64_t* off, uint64_t* len) const {
+    if (*off >= cfg_.size) return false;
+    *len = std::min(*len, cfg_.size - *off);
+    return *len != 0;
+  }
+
+  Status OpenLive() {
+    OpenOptions oo;
+    oo.env = wrapped_ ? wrapped_.get() : env_.get();
+    oo.read_only = false;
+    oo.format = "qcow2";
+    QCOW2J_ASSIGN_OR_RETURN(image_, Image::Open(kImage, oo));
+    return Status::OK();
+  }
+
+  Status StartEnv() {
+    wrapped_.reset();
+    env_ = std::make_unique<CrashEnv>(base_.get());
+    if (cfg_.wrap_env) wrapped_ = cfg_.wrap_env(env_.get());
+    builder_ = std::make_unique<CrashStateBuilder>(env_.get());
+    Status s = OpenLive();
+    if (!s.ok()) return s.Annotate("open image");
+    return Status::OK();
+  }
+
+  // The process dies: nothing more reaches the disk, the engine is dropped.
+  void Abandon() {
+    if (env_) env_->CrashNow();
+    image_.reset();
+  }
+
+  template <class Fn>
+  Status Run(Req r, Fn fn) {
+    if (!image_ && r.kind != ReqKind::kOpen) return Status::Aborted("no image open");
+    r.start = env_->op_count();
+    if (r.kind == ReqKind::kFlush || r.kind == ReqKind::kClose) {
+      snapshots_.push_back(live_);
+      r.snapshot = static_cast<int>(snapshots_.size()) - 1;
+    }
+    Status s = fn();
+    r.end = env_->op_count();
+    r.ok = s.ok();
+    if (!r.ok) r.snapshot = -1;
+    switch (r.kind) {
+      case ReqKind::kWrite:
+        if (r.ok) live_.Assign(r.offset, r.length, r.pattern);
+        else live_.Add(r.offset, r.length, r.pattern);
+        break;
+      case ReqKind::kZero:
+        if (r.ok) live_.Assign(r.offset, r.length, kZeroPattern);
+        else live_.Add(r.offset, r.length, kZeroPattern);
+        break;
+      case ReqKind::kDiscard:
+        // Discarded bytes read as zeros or keep their data (partial clusters).
+        live_.Add(r.offset, r.length, kZeroPattern);
+        break;
+      default:
+        break;
+    }
+    reqs_.push_back(r);
+    if (!s.ok()) return s.Annotate(std::string(ReqName(r.kind)) + " request");
+    return s;
+  }
+
+  // What each byte may read as after a crash at `point` (see the file comment).
+  ByteModel Allowed(uint64_t point) const {
+    int floor = -1;
+    for (size_t i = 0; i < reqs_.size(); ++i) {
+      if (reqs_[i].snapshot >= 0 && reqs_[i].end <= point) floor = static_cast<int>(i);
+    }
+    ByteModel m = floor >= 0 ? snapshots_[reqs_[floor].snapshot] : initial_;
+    for (size_t i = floor + 1; i < reqs_.size(); ++i) {
+      const Req& r = reqs_[i];
+      if (r.start >= point && !(r.start == r.end && r.start == point)) continue;
+      switch (r.kind) {
+        case ReqKind::kWrite: m.Add(r.offset, r.length, r.pattern); break;
+        case ReqKind::kZero:
+        case ReqKind::kDiscard: m.Add(r.offset, r.length, kZeroPattern); break;
+        default: break;
+      }
+    }
+    return m;
+  }
+
+  // The file operations since the last sync before `point` (the ones a
+  // model may drop or tear), for violation messages.
+  std::string FileOps(uint64_t point) const {
+    uint64_t from = point;
+    std::vector<std::string> names = env_->file_names();
+    uint32_t image_file = UINT32_MAX;
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == kImage) image_file = static_cast<uint32_t>(i);
+    while (from > 0) {
+      const CrashOp& op = env_->op(from - 1);
+      if (op.kind == CrashOp::kSync && op.file == image_file) break;
+      --from;
+    }
+    // QCOW2J_CRASH_ALLOPS=1 prints the whole log instead (for debugging).
+    const bool all = std::getenv("QCOW2J_CRASH_ALLOPS") != nullptr;
+    if (all) {
+      from = 0;
+      point = env_->op_count();
+    } else if (point - from > 60) {
+      from = point - 60;
+    }
+    static const char* kKinds[] = {"write", "sync", "truncate", "zero", "punch", "allocate", "remove"};
+    std::string s = "file operations " + std::to_string(from) + ".." + std::to_string(point) +
+                    " (after the last sync of the image):\n";
+    for (uint64_t i = from; i < point; ++i) {
+      const CrashOp& op = env_->op(i);
+      s += "  #" + std::to_string(i) + " " + kKinds[op.kind] + " " + names[op.file];
+      if (op.kind != CrashOp::kSync && op.kind != CrashOp::kRemove)
+        s += " " + Hex(op.offset) + " +" + Hex(op.length);
+      s += "\n";
+    }
+    return s;
+  }
+
+  std::string ExpectedBytes(const ByteModel& m, uint64_t b) const {
+    std::string s;
+    for (uint32_t id : m.At(b)) s += " " + Hex(PatternByte(id, b));
+    return s;
+  }
+
+  std::string DescribeReq(const Req& r) const {
+    std::string s = "  [" + std::to_string(r.start) + "," + std::to_string(r.end) + ") " +
+                    ReqName(r.kind);
+    if (r.kind == ReqKind::kWrite || r.kind == ReqKind::kZero || r.kind == ReqKind::kDiscard ||
+        r.kind == ReqKind::kRead) {
+      s += " " + Hex(r.offset) + " +" + Hex(r.length);
+    }
+    if (r.kind == ReqKind::kWrite) s += " pattern " + std::to_string(r.pattern);
+    if (r.kind == ReqKind::kZero && r.unmap) s += " unmap";
+    if (!r.ok) s += " FAILED";
+    return s;
+  }
+
+  // Writes the state's files into the real folder `dir` (img.qcow2 and,
+  // when there is one, backing.qcow2).
+  static Status DumpState(MemoryEnv* st, const std::string& dir) {
+    auto dump = [&](const char* mem, const std::string& disk) -> Status {
+      if (!st->Exists(mem)) return Status::OK();
+      QCOW2J_ASSIGN_OR_RETURN(auto bytes, st->Contents(mem));
+      FILE* f = std::fopen(disk.c_str(), "wb");
+      if (!f) return Status::FromErrno(errno, "create " + disk);
+      size_t n = bytes.empty() ? 0 : std::fwrite(bytes.data(), 1, bytes.size(), f);
+      std::fclose(f);
+      if (n != bytes.size()) return Status::FromErrno(EIO, "write " + disk);
+      return Status::OK();
+    };
+    QCOW2J_RETURN_IF_ERROR(dump(kImage, dir + "/img.qcow2"));
+    return dump(kBacking, dir + "/backing.qcow2");
+  }
+
+  Status QemuCheck(MemoryEnv* st, const std::string& at, const VerifyExtras& x) {
+    std::string tmpl = x.temp_dir + "/qcow2j-crash-XXXXXX";
+    std::vector<char> dir(tmpl.begin(), tmpl.end());
+    dir.push_back(0);
+    if (!::mkdtemp(dir.data())) return Status::FromErrno(errno, "mkdtemp " + tmpl);
+    std::string d = dir.data();
+    Status s = DumpState(st, d);
+    std::string out;
+    int code = -1;
+    if (s.ok()) {
+      std::string cmd = x.qemu_img + " check -f qcow2 '" + d + "/img.qcow2' 2>&1";
+      FILE* p = ::popen(cmd.c_str(), "r");
+      if (p) {
+        char line[512];
+        while (std::fgets(line, sizeof line, p)) out += line;
+        int st_code = ::pclose(p);
+        code = WIFEXITED(st_code) ? WEXITSTATUS(st_code) : 128;
+      }
+    }
+    std::remove((d + "/img.qcow2").c_str());
+    std::remove((d + "/backing.qcow2").c_str());
+    ::rmdir(d.c_str());
+    QCOW2J_RETURN_IF_ERROR(s);
+    if (x.qemu_ran) *x.qemu_ran = true;
+    // 0 clean, 3 leaks only. 1 (not checked) is fine only for an image QEMU
+    // cannot open for a feature it does not know.
+    if (code == 0 || code == 3) return Status::OK();
+    if (code == 1 && out.find("nsupported") != std::string::npos) return Status::OK();
+    return Violation(at + ": qemu-img check exited " + std::to_string(code) + ":\n" + out +
+                     FileOps(point_) + History());
+  }
+
+  Status Reuse(MemoryEnv* st, uint64_t seed, const std::string& at) {
+    // Work on a copy: the state itself may be handed on unchanged.
+    auto copy = NewMemoryEnvForTest();
+    for (const char* name : {kImage, kBacking}) {
+      if (!st->Exists(name)) continue;
+      QCOW2J_ASSIGN_OR_RETURN(auto bytes, st->Contents(name));
+      QCOW2J_ASSIGN_OR_RETURN(auto f, copy->Open(name, kOpenCreate | kOpenTruncate));
+      if (!bytes.empty()) QCOW2J_RETURN_IF_ERROR(f->Write(0, bytes.data(), bytes.size()));
+    }
+    std::mt19937_64 rng(Mix64(seed ^ 0x5eed));
+    uint64_t len = 1 + rng() % (256 << 10);
+    uint64_t off = rng() % cfg_.size;
+    len = std::min(len, cfg_.size - off);
+    uint32_t pattern = 0x7fffffff;
+    std::vector<uint8_t> buf(len), back(len);
+    FillPattern(pattern, off, buf.data(), len);
+    OpenOptions oo;
+    oo.env = copy.get();
+    oo.read_only = false;
+    oo.format = "qcow2";
+    std::string what = at + ": after reopening read-write and writing [" + Hex(off) + ", +" +
+                       Hex(len) + ")";
+    {
+      auto img = Image::Open(kImage, oo);
+      if (!img.ok()) return Violation(what + ": open failed: " + img.status().ToString() + "\n" + FileOps(point_) + History());
+      Status s = (*img)->Write(off, buf.data(), len);
+      if (s.ok()) s = (*img)->Close();
+      if (!s.ok()) return Violation(what + ": " + s.ToString() + "\n" + FileOps(point_) + History());
+    }
+    CheckOptions co;
+    co.env = copy.get();
+    auto rep = CheckImage(kImage, co);
+    if (!rep.ok() || rep->corruptions || rep->check_errors) {
+      std::string m = what + ": CheckImage: " +
+                      (rep.ok() ? std::to_string(rep->corruptions) + " corruptions" : rep.status().ToString());
+      if (rep.ok()) {
+        int shown = 0;
+        for (const CheckProblem& p : rep->problems) {
+          if (p.leak || !p.counted) continue;
+          if (shown++ == 6) break;
+          m += "\n  " + p.message;
+        }
+      }
+      return Violation(m + "\n" + FileOps(point_) + History());
+    }
+    oo.read_only = true;
+    auto img = Image::Open(kImage, oo);
+    if (!img.ok()) return Violation(what + ": reopen failed: " + img.status().ToString() + "\n" + FileOps(point_) + History());
+    Status s = (*img)->Read(off, back.data(), len);
+    if (!s.ok() || back != buf) {
+      return Violation(what + ": the write does not read back" +
+                       (s.ok() ? std::string() : ": " + s.ToString()) + "\n" + FileOps(point_) + History());
+    }
+    return Status::OK();
+  }
+
+  Config cfg_;
+  std::unique_ptr<MemoryEnv> base_;
+  std::unique_ptr<CrashEnv> env_;
+  std::unique_ptr<Env> wrapped_;  // over env_, when cfg_.wrap_env
+  std::unique_ptr<CrashStateBuilder> builder_;
+  std::unique_ptr<Image> image_;
+  ByteModel initial_;
+  ByteModel live_;
+  std::vector<ByteModel> snapshots_;
+  std::vector<Req> reqs_;
+  uint32_t next_pattern_ = 2;
+  std::string history_;
+  uint64_t point_ = 0;  // of the state being checked, for messages
+};
+
+// A request length: tiny and unaligned, sector multiples, cluster
+// multiples, or anything up to 256 KiB.
+uint64_t PickLength(std::mt19937_64& rng, uint32_t cluster) {
+  switch (rng() % 4) {
+    case 0: return 1 + rng() % 1024;
+    case 1: return 512 * (1 + rng() % 16);
+    case 2: return uint64_t{cluster} * (1 + rng() % 4);
+    default: return 1 + rng() % (256 << 10);
+  }
+}
+
+uint64_t PickOffset(std::mt19937_64& rng, uint64_t size, uint32_t cluster, uint64_t len) {
+  // Most requests go to a hot first MiB so they overlap.
+  uint64_t span = (rng() % 4) ? std::min<uint64_t>(size, 1 << 20) : size;
+  uint64_t off = rng() % span;
+  switch (rng() % 3) {
+    case 0: off &= ~uint64_t{511}; break;
+    case 1: off &= ~uint64_t{cluster - 1}; break;
+    default: break;
+  }
+  if (off + len > size) off = size > len ? size - len : 0;
+  return off;
+}
+
+CrashWorkload::Config PickConfig(std::mt19937_64& rng, const std::vector<uint32_t>& clusters) {
+  CrashWorkload::Config c;
+  static constexpr uint64_t kSizes[] = {8ull << 20, 16ull << 20, 32ull << 20};
+  c.size = kSizes[rng() % 3];
+  // One draw either way, so the rest of the run is the same stream.
+  uint64_t pick = rng();
+  c.cluster_size = clusters.empty() ? 512u << (pick % 8) : clusters[pick % clusters.size()];
+  c.extended_l2 = c.cluster_size >= 16384 && rng() % 2;
+  c.backing = rng() % 2;
+  c.seed = rng();
+  return c;
+}
+
+struct RunStats {
+  uint64_t states = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<CrashWorkload>> CrashWorkload::Create(const Config& config) {
+  if (config.size == 0 || config.size > (1ull << 32))
+    return Status::InvalidArgument("crash workload size must be in (0, 4 GiB]");
+  auto w = std::make_unique<WorkloadImpl>(config);
+  QCOW2J_RETURN_IF_ERROR(w->Init());
+  return std::unique_ptr<CrashWorkload>(std::move(w));
+}
+
+CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
+  CrashTestResult res;
+  res.seed = opts.seed ? opts.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  if (res.seed == 0) res.seed = 1;
+  auto log = [&](const std::string& m) {
+    if (opts.log) opts.log(m);
+  };
+  std::vector<CrashModel> models = opts.models;
+  if (models.empty()) models = {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn};
+  const bool have_qemu =
+      opts.qemu_check_every &&
+      std::system((opts.qemu_img + " --version >/dev/null 2>&1").c_str()) == 0;
+  log("crashtest: seed " + std::to_string(res.seed) + ", " + std::to_string(opts.states) +
+      " states" + (opts.replay_run_seed ? ", replaying run seed " + std::to_string(opts.replay_run_seed) : ""));
+
+  std::string replay_args;
+  for (uint32_t c : opts.cluster_sizes) replay_args += " --cluster-size " + std::to_string(c);
+  if (opts.states_per_run != CrashTestOptions().states_per_run)
+    replay_args += " --states-per-run " + std::to_string(opts.states_per_run);
+  if (opts.ops_per_run != CrashTestOptions().ops_per_run)
+    replay_args += " --ops " + std::to_string(opts.ops_per_run);
+  auto fail = [&](uint64_t run_seed, const std::string& m) {
+    ++res.violations;
+    if (res.failure.empty()) {
+      res.failure = "replay: qcow2j crashtest --replay " + std::to_string(run_seed) + replay_args + "\n" + m;
+      res.failing_run_seed = run_seed;
+    }
+    log("VIOLATION (run seed " + std::to_string(run_seed) + ", replay: qcow2j crashtest --replay " +
+        std::to_string(run_seed) + replay_args + "): " + m);
+  };
+
+  auto started = std::chrono::steady_clock::now();
+  while (res.states < opts.states && res.violations < std::max<uint64_t>(1, opts.max_violations)) {
+    const uint64_t run_seed = opts.replay_run_seed ? opts.replay_run_seed : Mix64(res.seed + res.runs);
+    ++res.runs;
+    std::mt19937_64 rng(run_seed);
+    CrashWorkload::Config cfg = PickConfig(rng, opts.cluster_sizes);
+    auto created = CrashWorkload::Create(cfg);
+    if (!created.ok()) {
+      fail(run_seed, "setting up the workload failed: " + created.status().ToString());
+      break;
+    }
+    auto& w = static_cast<WorkloadImpl&>(**created);
+    bool failed = false;
+    for (uint32_t i = 0; i < opts.ops_per_run && !failed; ++i) {
+      Status s;
+      uint64_t len = PickLength(rng, cfg.cluster_size);
+      uint64_t off = PickOffset(rng, cfg.size, cfg.cluster_size, len);
+      unsigned pick = rng() % 100;
+      if (pick < 50) s = w.Write(off, len);
+      else if (pick < 60) s = w.WriteZeroes(off, len, rng() % 2);
+      else if (pick < 70) s = w.Discard(off, len);
+      else if (pick < 85) s = w.Flush();
+      else if (pick < 90) s = w.Reopen();
+      else s = w.CheckLive(off, len);
+      if (!s.ok()) {
+        fail(run_seed, w.DescribeConfig() + ": " + s.ToString() +
+                           (s.code() == Code::kCorruption ? "" : "\n" + w.History()));
+        failed = true;
+      }
+    }
+    if (failed) break;
+    // End cleanly now and then: crash points after a close matter too.
+    if (rng() % 3 == 0) {
+      Status s = w.Reopen();
+      if (!s.ok()) {
+        fail(run_seed, w.DescribeConfig() + ": " + s.ToString() + "\n" + w.History());
+        break;
+      }
+    }
+    // Everything below depends on the run seed only, so --replay reproduces it.
+    const uint64_t points = w.crash_points();
+    std::vector<uint64_t> at;
+    for (uint64_t i = 0; i < opts.states_per_run; ++i) at.push_back(i == 0 ? points : rng() % (points + 1));
+    std::sort(at.begin(), at.end());
+    for (size_t i = 0; i < at.size(); ++i) {
+      if (!opts.replay_run_seed && res.states >= opts.states) break;
+      const uint64_t point = at[i];
+      CrashModel model = models[(i + run_seed) % models.size()];
+      uint64_t state_seed = Mix64(run_seed ^ Mix64(i + 1));
+      VerifyExtras x;
+      x.qemu_check = have_qemu && Mix64(state_seed ^ 1) % opts.qemu_check_every == 0;
+      x.reuse = opts.reuse_every && Mix64(state_seed ^ 2) % opts.reuse_every == 0;
+      x.qemu_img = opts.qemu_img;
+      x.temp_dir = opts.temp_dir;
+      if (res.violations == 0) x.dump_dir = opts.dump_dir;
+      bool leaked = false, qemu_ran = false, reused = false;
+      x.leaked = &leaked;
+      x.qemu_ran = &qemu_ran;
+      x.reused = &reused;
+      Status s = w.VerifyCrashEx(point, model, state_seed, x, nullptr);
+      ++res.states;
+      ++res.states_by_model[static_cast<int>(model)];
+      res.leaky_states += leaked;
+      res.qemu_checks += qemu_ran;
+      res.reused += reused;
+      if (!s.ok()) {
+        fail(run_seed, w.DescribeConfig() + ": " + s.message());
+        if (res.violations >= std::max<uint64_t>(1, opts.max_violations)) break;
+      }
+    }
+    if (opts.replay_run_seed) break;
+    if (res.runs % 20 == 0) {
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      log("crashtest: " + std::to_string(res.runs) + " runs, " + std::to_string(res.states) +
+          " states, " + std::to_string(res.violations) + " violations, " +
+          std::to_string(res.leaky_states) + " leaky, " + std::to_string(static_cast<int>(secs)) + " s");
+    }
+  }
+  return res;
+}
+
+}  // namespace qcow2j
