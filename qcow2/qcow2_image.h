@@ -53,6 +53,7 @@ class Qcow2Image final : public Image {
   Status Discard(uint64_t offset, uint64_t len) override;
   Status Flush() override;
   Status Close() override;
+  Status Resize(uint64_t new_size, bool shrink) override;
   Result<BlockStatus> GetBlockStatus(uint64_t offset, uint64_t max_length) override;
 
   // The extent at guest `offset` (at most max_length long) in this layer only.

@@ -662,6 +662,63 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
   return s;
 }
 
+// Resizing: the virtual size changes in the header; growing past what the
+// L1 table covers moves the L1 table to a larger copy at the end of the file
+// (written and synced before the header points at it, the old one freed
+// after); shrinking discards the clusters past the new end first.
+Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
+  QCOW2J_RETURN_IF_ERROR(CheckWritable("resize", 0, 0));
+  if (new_size > kMaxVirtualSize)
+    return Status::InvalidArgument("size " + std::to_string(new_size) + " is too large");
+  if (!snapshots_.empty() && new_size < virtual_size_)
+    return Status::NotSupported("Can't resize a v3 image with internal snapshots to a smaller size");
+  if (new_size < virtual_size_) {
+    if (!shrink) return Status::InvalidArgument("Use the --shrink option to perform a shrink operation.");
+    uint64_t from = (new_size + cluster_size_ - 1) & ~(cluster_size_ - 1);
+    if (from < virtual_size_) QCOW2J_RETURN_IF_ERROR(Discard(from, virtual_size_ - from));
+    if (new_size & (cluster_size_ - 1)) {  // the part of the last cluster past the new end
+      uint64_t tail = std::min(virtual_size_, from) - new_size;
+      QCOW2J_RETURN_IF_ERROR(WriteZeroes(new_size, tail, false));
+    }
+  }
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  QCOW2J_RETURN_IF_ERROR(FlushLocked(lk));
+  const uint64_t per_l1 = cluster_size_ << l2_bits_;
+  const uint64_t need = (new_size + per_l1 - 1) / per_l1;
+  uint8_t field[8];
+  if (need > l1_.size()) {
+    if (need * 8 > kMaxL1Bytes)
+      return Status::InvalidArgument("size " + std::to_string(new_size) + " needs an L1 table larger than 32 MiB");
+    uint64_t clusters = (need * 8 + cluster_size_ - 1) >> cluster_bits_;
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t off, refcounts_->Allocate(clusters));
+    std::vector<uint8_t> table(clusters << cluster_bits_, 0);
+    for (size_t i = 0; i < l1_.size(); i++) StoreBE64(table.data() + i * 8, l1_[i]);
+    QCOW2J_RETURN_IF_ERROR(file_->Write(off, table.data(), table.size()));
+    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    uint64_t old_off = header_.l1_table_offset;
+    uint64_t old_clusters = (l1_.size() * 8 + cluster_size_ - 1) >> cluster_bits_;
+    uint8_t l1_fields[12];
+    StoreBE32(l1_fields, static_cast<uint32_t>(need));
+    StoreBE64(l1_fields + 4, off);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(36, l1_fields, 12));  // l1_size, l1_table_offset
+    header_.l1_size = static_cast<uint32_t>(need);
+    header_.l1_table_offset = off;
+    l1_.resize(need, 0);
+    StoreBE64(field, new_size);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, field, 8));
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    for (uint64_t i = 0; i < old_clusters && old_off; i++)
+      decrements_.push_back({old_off + (i << cluster_bits_), false});
+  } else {
+    StoreBE64(field, new_size);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, field, 8));
+  }
+  header_.size = new_size;
+  virtual_size_ = new_size;
+  return FlushLocked(lk);
+}
+
 Status Qcow2Image::Flush() {
   if (closed_) return Status::Aborted("image '" + path_ + "' is closed");
   if (read_only_) return Status::OK();

@@ -76,6 +76,16 @@ Status RawImage::Discard(uint64_t offset, uint64_t len) {
   return file_->PunchHole(offset, len);
 }
 
+Status RawImage::Resize(uint64_t new_size, bool shrink) {
+  if (read_only_) return Status::ReadOnly("image '" + path_ + "' is opened read-only");
+  if (!file_) return Status::Aborted("image '" + path_ + "' is closed");
+  if (new_size < size_ && !shrink)
+    return Status::InvalidArgument("Use the --shrink option to perform a shrink operation.");
+  QCOW2J_RETURN_IF_ERROR(file_->Truncate(new_size));
+  size_ = new_size;
+  return Status::OK();
+}
+
 Status RawImage::Flush() {
   if (!file_) return Status::Aborted("image '" + path_ + "' is closed");
   return read_only_ ? Status::OK() : file_->Sync();

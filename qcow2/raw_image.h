@@ -22,6 +22,7 @@ class RawImage final : public Image {
   Status Discard(uint64_t offset, uint64_t len) override;
   Status Flush() override;
   Status Close() override;
+  Status Resize(uint64_t new_size, bool shrink) override;
   Result<BlockStatus> GetBlockStatus(uint64_t offset, uint64_t max_length) override;
 
  private:
