@@ -34,7 +34,6 @@
 namespace qcow2j {
 namespace {
 
-constexpr const char* kDir = "/crash";
 constexpr const char* kImage = "/crash/img.qcow2";
 constexpr const char* kBacking = "/crash/backing.qcow2";
 constexpr uint32_t kZeroPattern = 0;
