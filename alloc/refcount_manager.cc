@@ -239,6 +239,9 @@ Status RefcountManager::WriteBack() {
   // points at the table: each step only references what is already written.
   QCOW2J_RETURN_IF_ERROR(cache_->FlushDirty());
   if (!table_dirty_) return Status::OK();
+  // A table entry must never reach the disk before the block it points at
+  // (a crash would leave the entry pointing at zeros: refcounts too low).
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());
   std::vector<uint8_t> raw(table_.size() * 8);
   for (size_t i = 0; i < table_.size(); i++) StoreBE64(raw.data() + i * 8, table_[i]);
   QCOW2J_RETURN_IF_ERROR(file_->Write(table_offset_, raw.data(), raw.size()));

@@ -175,6 +175,7 @@ class Qcow2Image final : public Image {
   std::vector<Decrement> decrements_;
   bool draining_ = false;  // a flush waits for in-flight allocations
   Status failed_;          // sticky: metadata write-back failed, the image is unusable
+  bool writer_ready_ = false;  // Load finished for a writable image: Close must flush
 
   // Whether QEMU would consider the image metadata-preallocated (then block
   // status looks for holes in the host file). Computed on first use.

@@ -182,7 +182,10 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   QCOW2J_RETURN_IF_ERROR(OpenDataFile(opts));
   if (!opts.no_backing && !header_.backing_file.empty())
     QCOW2J_RETURN_IF_ERROR(OpenBackingChain(opts, depth));
-  if (!read_only_) QCOW2J_RETURN_IF_ERROR(InitWriter());
+  if (!read_only_) {
+    QCOW2J_RETURN_IF_ERROR(InitWriter());
+    writer_ready_ = true;
+  }
   return Status::OK();
 }
 

@@ -728,8 +728,10 @@ Status Qcow2Image::Flush() {
 
 Status Qcow2Image::Close() {
   if (closed_) return Status::OK();
-  Status s;
-  if (!read_only_ && failed_.ok()) {
+  // A writer that never finished opening has nothing to flush; one that
+  // failed earlier reports that failure rather than a clean close.
+  Status s = failed_;
+  if (!read_only_ && writer_ready_ && failed_.ok()) {
     std::unique_lock<std::mutex> lk(meta_mu_);
     s = FlushLocked(lk);
     // The decrements the flush applied last are written too, so a closed
