@@ -1,0 +1,26 @@
+// CheckImage on the input as an image file, and (selected by the input's
+// last byte) a full repair followed by a second check that must come back
+// clean of corruptions the repair claimed to fix.
+#include <cstddef>
+#include <cstdint>
+
+#include "io/memory_env.h"
+#include "qcow2j/check.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace qcow2j;
+  auto env = NewMemoryEnvForTest();
+  {
+    auto f = env->Open("/img", kOpenCreate);
+    if (!f.ok()) return 0;
+    if (size && !(*f)->Write(0, data, size).ok()) return 0;
+  }
+  CheckOptions co;
+  co.env = env.get();
+  auto r = CheckImage("/img", co);
+  if (!r.ok() || size == 0) return 0;
+  if ((data[size - 1] & 3) != 0) return 0;
+  co.repair = (data[size - 1] & 4) ? RepairMode::kLeaks : RepairMode::kAll;
+  (void)CheckImage("/img", co);
+  return 0;
+}
