@@ -688,6 +688,9 @@ Status DoDelete(const std::string& path, const std::string& name_or_id, Env* env
   std::vector<uint64_t> sn_l1;
   QCOW2J_RETURN_IF_ERROR(ReadL1(im, sn.l1_table_offset, sn.l1_size,
                                 "snapshot " + sn.id + " L1 table", &sn_l1));
+  // The active tree is walked after the point of no return (COPIED flags):
+  // make sure it can be before starting.
+  QCOW2J_RETURN_IF_ERROR(L2Tables(im, im.l1, "active L1 table").status());
   std::vector<SnapshotEntry> entries = im.snapshots;
   entries.erase(entries.begin() + idx);
   std::vector<uint8_t> table = SerializeSnapshotTable(entries);
@@ -729,6 +732,11 @@ Status DoApply(const std::string& path, const std::string& name_or_id, Env* env)
   // The active L1 keeps its size (QEMU only ever grows it): the snapshot's
   // table padded with zeros, or a larger table at a new place.
   uint32_t new_l1_size = std::max(im.h.l1_size, sn.l1_size);
+  const uint64_t l1_span = im.cs * (im.cs / im.l2_entry_bytes);  // guest bytes per L1 entry
+  if ((new_size + l1_span - 1) / l1_span > new_l1_size)
+    return Status::Corruption("snapshot " + sn.id + " disk size " + std::to_string(new_size) +
+                              " needs more L1 entries than its l1_size " +
+                              std::to_string(sn.l1_size));
   bool relocate = new_l1_size > im.h.l1_size;
   std::vector<uint64_t> sizes = {relocate ? uint64_t{new_l1_size} * 8 : 0};
   QCOW2J_ASSIGN_OR_RETURN(std::vector<uint64_t> at, AllocateRuns(im, sizes));

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <random>
@@ -275,6 +276,55 @@ TEST_F(SnapshotCli, RefcountBits1FailsCleanly) {
   Must(Qcow2j("snapshot -c s1 " + Quote(empty)));
   ExpectClean(empty, "empty image");
   ASSERT_EQ(QemuList(empty).size(), 1u);
+}
+
+// Broken tables: every operation fails with a message naming the offset,
+// never crashes, and leaves nothing that qemu-img check did not see before.
+TEST_F(SnapshotCli, BrokenTablesFailCleanly) {
+  struct Poke {
+    const char* name;
+    std::function<void(const std::string& img)> poke;
+  };
+  auto l1 = [](const std::string& img) { return PeekBe64(img, 40); };
+  auto l2 = [&](const std::string& img) { return PeekBe64(img, l1(img)) & 0x00fffffffffffe00ull; };
+  auto rb = [](const std::string& img) {
+    return PeekBe64(img, PeekBe64(img, 48)) & 0x00fffffffffffe00ull;
+  };
+  const std::vector<Poke> pokes = {
+      {"L1 entry past the end of the file",
+       [&](const std::string& img) { PokeBe64(img, l1(img), (1ull << 63) | (1ull << 40)); }},
+      {"L2 entry not cluster aligned",
+       [&](const std::string& img) {
+         PokeBe64(img, l2(img) + 8, PeekBe64(img, l2(img) + 8) | 0x1200);
+       }},
+      {"compressed cluster past the end of the file",
+       [&](const std::string& img) { PokeBe64(img, l2(img) + 16, (1ull << 62) | (1ull << 45)); }},
+      {"data cluster with refcount 0",
+       [&](const std::string& img) {
+         uint64_t host = PeekBe64(img, l2(img)) & 0x00fffffffffffe00ull;
+         PokeBe16(img, rb(img) + 2 * (host >> 16), 0);
+       }},
+  };
+  for (const Poke& p : pokes) {
+    for (const std::string op : {"-c s2", "-a s1", "-d s1"}) {
+      SCOPED_TRACE(std::string(p.name) + ": " + op);
+      std::string img = Create("p.qcow2", "", "8M");
+      Must(test::Run("qemu-io -c 'write -P 1 0 256k' " + Quote(img)));
+      if (op != "-c s2") Must(test::Run("qemu-img snapshot -c s1 " + Quote(img)));
+      p.poke(img);
+      RunResult before = test::Run("qemu-img check " + Quote(img));
+      RunResult r = Qcow2j("snapshot " + op + " " + Quote(img));
+      EXPECT_FALSE(r.crashed()) << r.Describe();
+      if (op == "-c s2") {
+        EXPECT_EQ(r.exit_code, 1) << r.Describe();
+        EXPECT_NE(r.err.find("0x"), std::string::npos) << r.err;
+      }
+      if (r.exit_code != 0) {
+        RunResult after = test::Run("qemu-img check " + Quote(img));
+        EXPECT_EQ(after.exit_code, before.exit_code) << before.Describe() << after.Describe();
+      }
+    }
+  }
 }
 
 // An image grown after the snapshot: apply shrinks it back, as QEMU does.
