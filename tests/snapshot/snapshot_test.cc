@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <ctime>
 #include <functional>
 #include <cstdint>
 #include <map>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "qcow2/snapshot_ops.h"
+#include "qcow2j/snapshot.h"
 #include "util/test_util.h"
 
 namespace qcow2j {
@@ -126,6 +128,16 @@ TEST_F(SnapshotCli, QemuReadsOurSnapshots) {
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].first, "1");
   EXPECT_EQ(list[0].second, "s1");
+  auto ours = ListSnapshots(img);
+  ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+  ASSERT_EQ(ours->size(), 1u);
+  EXPECT_EQ((*ours)[0].id, "1");
+  EXPECT_EQ((*ours)[0].name, "s1");
+  EXPECT_EQ((*ours)[0].disk_size, 8ull << 20);
+  EXPECT_EQ((*ours)[0].icount, 0u);  // what qemu-img 7.2 writes
+  EXPECT_EQ((*ours)[0].vm_state_size, 0u);
+  EXPECT_EQ((*ours)[0].vm_clock_nsec, 0u);
+  EXPECT_NEAR((*ours)[0].date_sec, static_cast<double>(time(nullptr)), 120);
   // The same table lines qemu-img prints for a snapshot it made (VM SIZE,
   // VM CLOCK, ICOUNT columns), apart from the date.
   Must(test::Run("cp " + Quote(img) + " " + Quote(dir_.Path("q.qcow2"))));
