@@ -112,6 +112,14 @@ class NbdkitServer {
         return ::testing::AssertionFailure() << "nbdkit exited at start (status " << status
                                              << "):\n" << Log();
       }
+      // The plugin failed to open the image: nbdkit is on its way out.
+      if (Log().find("error: qcow2j:") != std::string::npos) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        if (fd >= 0) ::close(fd);
+        return ::testing::AssertionFailure() << "nbdkit failed at start:\n" << Log();
+      }
       if (fd < 0 && ::access(pidfile().c_str(), R_OK) == 0) fd = ConnectUnix(socket());
       if (fd >= 0) {
         pollfd p = {fd, POLLIN, 0};
@@ -137,7 +145,22 @@ class NbdkitServer {
     ::kill(pid_, SIGTERM);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     int status = 0;
+    const std::string preload = QCOW2J_NBDKIT_PRELOAD;
+    const auto sanitizer_grace = std::chrono::steady_clock::now() + std::chrono::seconds(15);
     while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      // With the sanitizer runtime preloaded into (uninstrumented) nbdkit,
+      // nbdkit sometimes hangs in its own exit handlers (libp11-kit's fini
+      // blocks on glibc's locale lock) after our plugin has closed the image
+      // and been unloaded. Our part is done by then: accept it.
+      if (!preload.empty() && std::chrono::steady_clock::now() > sanitizer_grace &&
+          Log().find("qcow2j: unload plugin") != std::string::npos) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return Log().find("qcow2j: close failed") == std::string::npos
+                   ? ::testing::AssertionSuccess()
+                   : ::testing::AssertionFailure() << "closing the image failed:\n" << Log();
+      }
       if (std::chrono::steady_clock::now() > deadline) {
         ::kill(pid_, SIGKILL);
         ::waitpid(pid_, &status, 0);
@@ -160,6 +183,7 @@ class NbdkitServer {
   std::string socket() const { return dir_.Path("nbd.sock"); }
   std::string uri() const { return "nbd+unix:///?socket=" + socket(); }
   std::string Log() const {
+    if (::access(log().c_str(), R_OK) != 0) return "";  // nbdkit has not written yet
     std::string s = ReadFile(log());
     return s.size() > 8000 ? "..." + s.substr(s.size() - 8000) : s;
   }
