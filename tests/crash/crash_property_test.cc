@@ -46,9 +46,6 @@ TEST(CrashTest, ThousandsOfStatesAcrossTheThreeModels) {
   o.states = EnvCount("QCOW2J_CRASH_STATES", QCOW2J_CRASH_SANITIZED ? 1200 : 6000);
   o.seed = EnvCount("QCOW2J_CRASH_SEED", 20240601);
   o.qemu_check_every = 250;
-  // 512-byte clusters are left out until the refcount-block ordering bug is
-  // fixed (see RefcountBlockOrderingWithTinyClusters below).
-  o.cluster_sizes = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
   o.log = [](const std::string& line) {
     if (line.rfind("VIOLATION", 0) == 0) std::cerr << line << "\n";
   };
@@ -65,10 +62,9 @@ TEST(CrashTest, ThousandsOfStatesAcrossTheThreeModels) {
   EXPECT_EQ(r.violations, 0u) << r.failure;
 }
 
-// A known engine bug, kept as a reproduction: with 512-byte clusters a new
-// self-describing refcount block and the refcount-table entry pointing at it
-// are written with no sync between them, so a crash can keep the entry and
-// lose the block. Enable once the allocator syncs the block first.
+// Regression: with 512-byte clusters a new self-describing refcount block
+// and the refcount-table entry pointing at it were written with no sync
+// between them, so a crash could keep the entry and lose the block.
 TEST(CrashTest, RefcountBlockOrderingWithTinyClusters) {
   CrashTestOptions o;
   o.replay_run_seed = 2092789425003139053ull;  // size 32 MiB, cluster 512
@@ -209,7 +205,6 @@ using StepFn = Status (*)(CrashWorkload&);
 struct Step {
   const char* name;
   StepFn run;
-  bool reopen = false;  // close or open
 };
 
 const Step kSteps[] = {
@@ -224,8 +219,8 @@ const Step kSteps[] = {
     {"read", [](CrashWorkload& w) { return w.CheckLive(0, 200 << 10); }},
     {"write 3M", [](CrashWorkload& w) { return w.Write(3 << 20, 70000); }},
     {"zero unmap", [](CrashWorkload& w) { return w.WriteZeroes(1 << 20, 65536, true); }},
-    {"close", [](CrashWorkload& w) { return w.Close(); }, true},
-    {"open", [](CrashWorkload& w) { return w.Open(); }, true},
+    {"close", [](CrashWorkload& w) { return w.Close(); }},
+    {"open", [](CrashWorkload& w) { return w.Open(); }},
     {"read back", [](CrashWorkload& w) { return w.CheckLive(0, 4 << 20); }},
 };
 
@@ -251,21 +246,14 @@ FaultRun StartFaultRun(CrashWorkload::Config c) {
 // Faults go to the request that hit them; nothing crashes; what the engine
 // leaves behind has no corruption and reads as the requests allow.
 //
-// Two engine bugs are stepped around unless `known_bugs`: a read-write
-// Image::Open that fails part-way crashes in ~Qcow2Image (so opens run with
-// the fault paused), and Close after a failed request returns OK without
-// writing the metadata (so nothing is closed after a failure).
-void FaultEveryPoint(const CrashWorkload::Config& c, int err, bool sticky, bool known_bugs = false) {
+// Faults land in opens and closes too. Regressions: a read-write
+// Image::Open that failed part-way crashed in ~Qcow2Image, and Close after a
+// failed request returned OK without writing the metadata.
+void FaultEveryPoint(const CrashWorkload::Config& c, int err, bool sticky) {
   const Code want = err == ENOSPC ? Code::kNoSpace : Code::kIOError;
   const unsigned kinds = FaultEnv::kAll & ~FaultEnv::kMeta;
   uint64_t points = 0;
-  auto run_step = [&](const Step& s, FaultRun& r) {
-    bool pause = !known_bugs && std::string(s.name) == "open";
-    r.fault->set_paused(pause);
-    Status st = s.run(*r.w);
-    r.fault->set_paused(false);
-    return st;
-  };
+  auto run_step = [&](const Step& s, FaultRun& r) { return s.run(*r.w); };
   {
     FaultRun r = StartFaultRun(c);
     ASSERT_TRUE(r.w && r.fault);
@@ -284,7 +272,6 @@ void FaultEveryPoint(const CrashWorkload::Config& c, int err, bool sticky, bool 
     r.fault->Arm(n, err, kinds, sticky);
     bool seen_failure = false;
     for (const Step& s : kSteps) {
-      if (seen_failure && s.reopen && !known_bugs) break;
       bool fired_before = r.fault->fired();
       Status st = run_step(s, r);
       if (!fired_before && r.fault->fired()) {
@@ -331,20 +318,6 @@ TEST(CrashFaultTest, EnospcAtEveryPointExtendedL2Backing) {
   FaultEveryPoint(FaultConfig(16384, true, true), ENOSPC, false);
 }
 TEST(CrashFaultTest, DeadDiskFromEachPoint) { FaultEveryPoint(FaultConfig(65536, true, false), EIO, true); }
-
-// The same with faults in opens and closes after a failure. Of the two bugs
-// described above FaultEveryPoint, the crash of a failed writable open and
-// Close returning OK after a failure are fixed; still failing: with EIO at a
-// flush of 64 KiB clusters, a later read of a cluster zeroed before that
-// flush returns its old data (guest 0x10000 after `zero 0x10000 +0x10000`).
-TEST(CrashFaultTest, DISABLED_KnownBugsFaultsInOpenAndCloseAfterFailure) {
-  EXPECT_EXIT(
-      {
-        FaultEveryPoint(FaultConfig(65536, false, false), EIO, false, /*known_bugs=*/true);
-        std::exit(::testing::Test::HasFailure() ? 1 : 0);
-      },
-      ::testing::ExitedWithCode(0), "");
-}
 
 }  // namespace
 }  // namespace qcow2j
