@@ -133,11 +133,22 @@ class Qcow2Image final : public Image {
   Status PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos, const uint8_t* src,
                          size_t n, WriteAction* act);
   Status ImmediateCow(const WriteAction& a);
-  Status WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len);
+  Status WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len,
+                       uint64_t* flush_needed = nullptr);
   // Writes plan their allocations in submission (ticket) order, so
   // concurrent sequential writes get a sequential host layout.
   void WaitTurnLocked(std::unique_lock<std::mutex>& lk, uint64_t ticket);
   void FinishTurnLocked(uint64_t ticket);
+  // Writethrough (cache=writethrough/directsync): writes complete after a
+  // group-committed flush rather than through O_DSYNC.
+  // need: the flush generation that covers the caller's write (0: compute now).
+  Status GroupFlush(uint64_t need);
+  uint64_t FlushNeededLocked() const;
+  Status ZeroRange(uint64_t offset, uint64_t len, bool may_unmap);
+  bool writethrough_ = false;
+  int writers_active_ = 0;  // writes between their ticket and their completion
+  uint64_t writers_started_ = 0;
+  uint64_t flush_gen_started_ = 0, flush_gen_done_ = 0, flush_gen_drained_ = 0;
   std::atomic<uint64_t> next_ticket_{0};
   uint64_t turn_ = 0;
   std::set<uint64_t> done_tickets_;

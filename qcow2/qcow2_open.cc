@@ -64,7 +64,9 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   read_only_ = opts.read_only || snapshot_view;
   unsigned flags = read_only_ ? unsigned{kOpenReadOnly} : 0u;
   if (opts.direct) flags |= kOpenDirect;
-  if (opts.writethrough) flags |= kOpenSync;
+  // Writethrough is a group-committed flush after each write (GroupFlush),
+  // not O_DSYNC: concurrent writers then share syncs.
+  writethrough_ = opts.writethrough && !read_only_;
   QCOW2J_ASSIGN_OR_RETURN(file_, env_->Open(path, flags));
   data_file_ = file_.get();
   QCOW2J_ASSIGN_OR_RETURN(file_size_, file_->Size());

@@ -41,6 +41,7 @@ std::string Hex(uint64_t v) {
 }
 
 constexpr size_t kCowFillThreads = 16;
+constexpr int kGroupCommitWaitUs = 2000;  // longest a flush leader waits for its group
 constexpr uint64_t kAllAllocated = 0xffffffffull;
 constexpr uint64_t kAllZero = 0xffffffffull << 32;
 
@@ -471,22 +472,32 @@ void Qcow2Image::FinishTurnLocked(uint64_t ticket) {
 }
 
 Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
-  return WriteTicketed(next_ticket_.fetch_add(1), offset, buf, len);
+  uint64_t need = 0;
+  QCOW2J_RETURN_IF_ERROR(WriteTicketed(next_ticket_.fetch_add(1), offset, buf, len, &need));
+  return writethrough_ ? GroupFlush(need) : Status::OK();
 }
 
 void Qcow2Image::WriteAsync(uint64_t offset, const void* buf, size_t len, Completion done) {
   // The ticket is taken at submission, so allocation follows submission order
   // even though request threads reach the lock in any order.
   uint64_t ticket = next_ticket_.fetch_add(1);
-  SubmitRequest([=, this, done = std::move(done)] { done(WriteTicketed(ticket, offset, buf, len)); });
+  SubmitRequest([=, this, done = std::move(done)] {
+    uint64_t need = 0;
+    Status st = WriteTicketed(ticket, offset, buf, len, &need);
+    if (st.ok() && writethrough_) st = GroupFlush(need);
+    done(st);
+  });
 }
 
-Status Qcow2Image::WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len) {
+Status Qcow2Image::WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len,
+                                 uint64_t* flush_needed) {
   Status st = CheckWritable("write", offset, len);
   const auto* src = static_cast<const uint8_t*>(buf);
   std::vector<WriteAction> acts;
   {
     std::unique_lock<std::mutex> lk(meta_mu_);
+    writers_active_++;
+    writers_started_++;
     WaitTurnLocked(lk, ticket);
     while (st.ok() && draining_) inflight_cv_.wait(lk);
     while (st.ok() && len > 0) {
@@ -526,6 +537,8 @@ Status Qcow2Image::WriteTicketed(uint64_t ticket, uint64_t offset, const void* b
     if (a.exclusive) inf.exclusive = false;
     if (--inf.writers == 0) inflight_.erase(a.cluster);
   }
+  if (flush_needed) *flush_needed = FlushNeededLocked();
+  writers_active_--;
   inflight_cv_.notify_all();
   return st.ok() ? io : st;
 }
@@ -568,6 +581,11 @@ Status Qcow2Image::ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap)
 }
 
 Status Qcow2Image::WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) {
+  QCOW2J_RETURN_IF_ERROR(ZeroRange(offset, len, may_unmap));
+  return writethrough_ ? GroupFlush(0) : Status::OK();
+}
+
+Status Qcow2Image::ZeroRange(uint64_t offset, uint64_t len, bool may_unmap) {
   QCOW2J_RETURN_IF_ERROR(CheckWritable("write zeroes", offset, len));
   std::vector<uint8_t> zeros;
   while (len > 0) {
@@ -623,7 +641,9 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
   // clusters whose old contents are still being copied in.
   while (draining_) inflight_cv_.wait(lk);
   draining_ = true;
+  const uint64_t generation = ++flush_gen_started_;
   while (!inflight_.empty()) inflight_cv_.wait(lk);
+  flush_gen_drained_ = generation;  // writes completed from here on need the next flush
   Status s = [&]() -> Status {
     QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked(lk));
     bool meta = refcounts_->dirty() || l2_cache_->dirty_count() || !l1_dirty_.empty() ||
@@ -641,14 +661,24 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
     QCOW2J_RETURN_IF_ERROR(file_->Sync());                      // 2: L2 / L1
     std::vector<Decrement> dec;
     dec.swap(decrements_);
+    std::vector<uint64_t> punch;
     for (const Decrement& d : dec) {                            // 3: dropped references
       QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
       if (rc == 0) {
         l2_epoch_++;
         l2_cache_->Erase(d.host);  // in case it was an L2 table (slices keyed by offset)
         for (uint64_t off = d.host; off < d.host + cluster_size_; off += slice_bytes_) l2_cache_->Erase(off);
-        if (d.punch) QCOW2J_RETURN_IF_ERROR(file_->PunchHole(d.host, cluster_size_));
+        if (d.punch) punch.push_back(d.host);
       }
+    }
+    // Adjacent discarded clusters are punched as one range (one fallocate
+    // per run, not per cluster).
+    std::sort(punch.begin(), punch.end());
+    for (size_t i = 0; i < punch.size();) {
+      size_t j = i + 1;
+      while (j < punch.size() && punch[j] == punch[j - 1] + cluster_size_) j++;
+      QCOW2J_RETURN_IF_ERROR(file_->PunchHole(punch[i], (j - i) * cluster_size_));
+      i = j;
     }
     // Freed clusters may be reused at once: nothing on disk references them,
     // and their (stale, higher) refcount on disk only means a leak until the
@@ -656,6 +686,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
     refcounts_->ReleasePendingFrees();
     return Status::OK();
   }();
+  if (s.ok()) flush_gen_done_ = generation;
   draining_ = false;
   inflight_cv_.notify_all();
   if (!s.ok() && s.code() != Code::kNoSpace) failed_ = s.Annotate("flush failed; image is unusable");
@@ -717,6 +748,44 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
   header_.size = new_size;
   virtual_size_ = new_size;
   return FlushLocked(lk);
+}
+
+uint64_t Qcow2Image::FlushNeededLocked() const {
+  // A flush that is still waiting for in-flight writes syncs after this
+  // write's data is in: it covers it. Otherwise the next one must.
+  return draining_ && flush_gen_drained_ < flush_gen_started_ ? flush_gen_started_
+                                                              : flush_gen_started_ + 1;
+}
+
+Status Qcow2Image::GroupFlush(uint64_t need) {
+  // Writethrough as group commit: every writer waiting at once is covered by
+  // the same flush, so depth-N writethrough costs about one flush per N
+  // writes instead of a sync per write (O_DSYNC).
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  if (need == 0) need = FlushNeededLocked();
+  while (flush_gen_done_ < need) {
+    if (!failed_.ok()) return failed_;
+    if (draining_) {
+      inflight_cv_.wait(lk);
+      continue;
+    }
+    // Let the writers under way, and those arriving right behind them (a
+    // completion usually submits the next request), finish and join this
+    // flush: one flush then covers the whole group. Bounded, so a lone
+    // writer waits at most kGroupCommitWaitUs.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kGroupCommitWaitUs);
+    for (;;) {
+      uint64_t arrivals = writers_started_;
+      bool settled = inflight_cv_.wait_until(lk, std::min(deadline, std::chrono::steady_clock::now() +
+                                                                        std::chrono::microseconds(100)),
+                                             [&] { return draining_ || flush_gen_done_ >= need; });
+      if (settled || std::chrono::steady_clock::now() >= deadline) break;
+      if (writers_active_ == 0 && writers_started_ == arrivals) break;  // quiet: flush now
+    }
+    if (draining_ || flush_gen_done_ >= need) continue;  // someone else flushed for us
+    QCOW2J_RETURN_IF_ERROR(FlushLocked(lk));
+  }
+  return Status::OK();
 }
 
 Status Qcow2Image::Flush() {
