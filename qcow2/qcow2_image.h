@@ -128,17 +128,28 @@ class Qcow2Image final : public Image {
     size_t n = 0;
     bool tracked = false;    // holds a writer count in inflight_[cluster]
     bool exclusive = false;  // immediate COW of [cow_start, cow_end) in the cluster
+    bool prealloc = false;   // a fresh cluster this write only partly covers
     uint64_t old_raw = 0, old_bitmap = 0, cluster_host = 0, cow_start = 0, cow_end = 0;
   };
   Status PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos, const uint8_t* src,
                          size_t n, WriteAction* act);
   Status ImmediateCow(const WriteAction& a);
-  Status WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len,
-                       uint64_t* flush_needed = nullptr);
-  // Writes plan their allocations in submission (ticket) order, so
-  // concurrent sequential writes get a sequential host layout.
-  void WaitTurnLocked(std::unique_lock<std::mutex>& lk, uint64_t ticket);
-  void FinishTurnLocked(uint64_t ticket);
+  // A write between its submission and the end of its planning.
+  struct PendingWrite {
+    uint64_t offset = 0;
+    const uint8_t* src = nullptr;
+    size_t len = 0;
+    bool planned = false;
+    bool waiting = false;         // its owner sleeps on `cv` until planned or called to plan
+    std::condition_variable cv;
+    Status st;
+    std::vector<WriteAction> acts;
+  };
+  // Takes the write's place in submission order.
+  uint64_t RegisterWrite(PendingWrite* w);
+  void PlanWriteLocked(std::unique_lock<std::mutex>& lk, PendingWrite* w);
+  // Plans (in order, see RunWrite's comment), transfers, completes.
+  Status RunWrite(PendingWrite* w, uint64_t* flush_needed);
   // Writethrough (cache=writethrough/directsync): writes complete after a
   // group-committed flush rather than through O_DSYNC.
   // need: the flush generation that covers the caller's write (0: compute now).
@@ -146,13 +157,12 @@ class Qcow2Image final : public Image {
   uint64_t FlushNeededLocked() const;
   Status ZeroRange(uint64_t offset, uint64_t len, bool may_unmap);
   bool writethrough_ = false;
-  int writers_active_ = 0;  // writes between their ticket and their completion
+  int writers_active_ = 0;  // writes between their registration and their completion
   uint64_t writers_started_ = 0;
   uint64_t flush_gen_started_ = 0, flush_gen_done_ = 0, flush_gen_drained_ = 0;
-  std::atomic<uint64_t> next_ticket_{0};
-  uint64_t turn_ = 0;
-  std::set<uint64_t> done_tickets_;
-  std::condition_variable turn_cv_;
+  uint64_t next_ticket_ = 0;
+  std::map<uint64_t, PendingWrite*> registered_;  // ticket -> write not yet planned
+  bool planner_active_ = false;
   Status ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap);
   // Pinned L2 slice holding `cluster`'s entry, with the L2 table allocated or
   // copied (if shared) first. *entry points at the entry inside the slice.

@@ -402,6 +402,13 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
   inf.writers++;
   act->tracked = true;
   act->host = host + in;
+  act->cluster_host = host;
+  // Like QEMU, reserve the whole new cluster at once: the writes that follow
+  // into it then overwrite allocated blocks instead of allocating file-system
+  // extents one by one (slow with O_DIRECT).
+  // Done here, before any other write can reach the cluster.
+  act->prealloc = fresh && !external && n < cluster_size_;
+  if (act->prealloc) (void)data_file_->Allocate(host, cluster_size_, false);  // a hint
   if (!cow.empty() && !stream) {
     // Immediate COW: the old head/tail go out with the data in one vectored
     // write. The cluster is exclusive meanwhile, so no in-place writer lands
@@ -455,63 +462,99 @@ bool Qcow2Image::ContinuesStreamLocked(uint64_t cluster_start) const {
   return near >= 3;
 }
 
-void Qcow2Image::WaitTurnLocked(std::unique_lock<std::mutex>& lk, uint64_t ticket) {
-  // Ordering is a layout heuristic, never a correctness need: a request whose
-  // predecessors are slow to arrive (e.g. a completion callback writing from
-  // a request thread) goes ahead after a short wait instead of deadlocking.
-  turn_cv_.wait_for(lk, std::chrono::milliseconds(200), [&] { return turn_ >= ticket; });
+uint64_t Qcow2Image::RegisterWrite(PendingWrite* w) {
+  std::lock_guard<std::mutex> g(meta_mu_);
+  uint64_t ticket = next_ticket_++;
+  registered_.emplace(ticket, w);
+  return ticket;
 }
 
-void Qcow2Image::FinishTurnLocked(uint64_t ticket) {
-  done_tickets_.insert(ticket);
-  while (!done_tickets_.empty() && *done_tickets_.begin() <= turn_) {
-    if (*done_tickets_.begin() == turn_) turn_++;
-    done_tickets_.erase(done_tickets_.begin());
+void Qcow2Image::PlanWriteLocked(std::unique_lock<std::mutex>& lk, PendingWrite* w) {
+  Status st = CheckWritable("write", w->offset, w->len);
+  while (st.ok() && draining_) inflight_cv_.wait(lk);
+  uint64_t offset = w->offset;
+  const uint8_t* src = w->src;
+  size_t len = w->len;
+  while (st.ok() && len > 0) {
+    size_t n = static_cast<size_t>(
+        std::min<uint64_t>(len, cluster_size_ - (offset & (cluster_size_ - 1))));
+    w->acts.emplace_back();
+    st = PlanPieceLocked(lk, offset, src, n, &w->acts.back());
+    if (!st.ok()) w->acts.pop_back();
+    offset += n;
+    src += n;
+    len -= n;
   }
-  turn_cv_.notify_all();
+  w->st = st;
+  w->planned = true;
 }
 
 Status Qcow2Image::Write(uint64_t offset, const void* buf, size_t len) {
+  PendingWrite w;
+  w.offset = offset;
+  w.src = static_cast<const uint8_t*>(buf);
+  w.len = len;
+  RegisterWrite(&w);
   uint64_t need = 0;
-  QCOW2J_RETURN_IF_ERROR(WriteTicketed(next_ticket_.fetch_add(1), offset, buf, len, &need));
+  QCOW2J_RETURN_IF_ERROR(RunWrite(&w, &need));
   return writethrough_ ? GroupFlush(need) : Status::OK();
 }
 
 void Qcow2Image::WriteAsync(uint64_t offset, const void* buf, size_t len, Completion done) {
-  // The ticket is taken at submission, so allocation follows submission order
-  // even though request threads reach the lock in any order.
-  uint64_t ticket = next_ticket_.fetch_add(1);
-  SubmitRequest([=, this, done = std::move(done)] {
+  // Registered at submission: planning follows submission order even though
+  // request threads reach the lock in any order.
+  auto w = std::make_shared<PendingWrite>();
+  w->offset = offset;
+  w->src = static_cast<const uint8_t*>(buf);
+  w->len = len;
+  RegisterWrite(w.get());
+  SubmitRequest([this, w, done = std::move(done)] {
     uint64_t need = 0;
-    Status st = WriteTicketed(ticket, offset, buf, len, &need);
+    Status st = RunWrite(w.get(), &need);
     if (st.ok() && writethrough_) st = GroupFlush(need);
     done(st);
   });
 }
 
-Status Qcow2Image::WriteTicketed(uint64_t ticket, uint64_t offset, const void* buf, size_t len,
-                                 uint64_t* flush_needed) {
-  Status st = CheckWritable("write", offset, len);
-  const auto* src = static_cast<const uint8_t*>(buf);
-  std::vector<WriteAction> acts;
+Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
   {
+    // Flat combining: whoever holds the lock plans every registered write in
+    // submission order up to its own, so allocation follows submission
+    // order (a sequential host layout for sequential writes) without any
+    // request waiting for another request's thread to be scheduled.
     std::unique_lock<std::mutex> lk(meta_mu_);
     writers_active_++;
     writers_started_++;
-    WaitTurnLocked(lk, ticket);
-    while (st.ok() && draining_) inflight_cv_.wait(lk);
-    while (st.ok() && len > 0) {
-      size_t n = static_cast<size_t>(
-          std::min<uint64_t>(len, cluster_size_ - (offset & (cluster_size_ - 1))));
-      acts.emplace_back();
-      st = PlanPieceLocked(lk, offset, src, n, &acts.back());
-      if (!st.ok()) acts.pop_back();
-      offset += n;
-      src += n;
-      len -= n;
+    while (!w->planned) {
+      if (planner_active_) {
+        // The planner will plan this write, or hand planning over to us.
+        w->waiting = true;
+        w->cv.wait(lk);
+        w->waiting = false;
+        continue;
+      }
+      planner_active_ = true;
+      while (!w->planned) {
+        auto it = registered_.begin();  // the oldest: tickets are ordered
+        PendingWrite* r = it->second;
+        registered_.erase(it);
+        PlanWriteLocked(lk, r);
+        // Its owner may start its transfer now (one wakeup per write, not a
+        // herd): a flush waiting for that transfer must not wait for the
+        // rest of this batch.
+        if (r != w && r->waiting) r->cv.notify_one();
+      }
+      planner_active_ = false;
+      // Hand planning to the owner of the oldest unplanned write if it is
+      // already waiting; one that has not arrived yet will find no planner.
+      if (!registered_.empty()) {
+        PendingWrite* next = registered_.begin()->second;
+        if (next->waiting) next->cv.notify_one();
+      }
     }
-    FinishTurnLocked(ticket);
   }
+  Status st = w->st;
+  std::vector<WriteAction>& acts = w->acts;
   // Data transfers, without the lock. Pieces whose host ranges follow each
   // other go out as one vectored write.
   Status io;
