@@ -128,7 +128,6 @@ class Qcow2Image final : public Image {
     size_t n = 0;
     bool tracked = false;    // holds a writer count in inflight_[cluster]
     bool exclusive = false;  // immediate COW of [cow_start, cow_end) in the cluster
-    bool prealloc = false;   // a fresh cluster this write only partly covers
     uint64_t old_raw = 0, old_bitmap = 0, cluster_host = 0, cow_start = 0, cow_end = 0;
   };
   Status PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos, const uint8_t* src,

@@ -363,6 +363,19 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       return a.status();
     }
     host = *a;
+    // Like QEMU, reserve a new cluster that this write only partly covers
+    // now, before any other write can reach it: the writes that follow then
+    // overwrite allocated blocks instead of allocating file-system extents
+    // one by one (slow with O_DIRECT). Done before the L2 entry is published,
+    // so a failure here leaves nothing pointing at the cluster.
+    if (fresh && n < cluster_size_) {
+      Status s = data_file_->Allocate(host, cluster_size_, false);
+      if (!s.ok() && s.code() != Code::kNotSupported) {
+        l2_cache_->Release(slice);
+        decrements_.push_back({host, false});  // give the cluster back at the next flush
+        return s;
+      }
+    }
   }
   uint64_t new_bitmap = 0;
   std::vector<std::pair<uint64_t, uint64_t>> cow;  // in-cluster ranges needing old contents
@@ -406,9 +419,6 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
   // Like QEMU, reserve the whole new cluster at once: the writes that follow
   // into it then overwrite allocated blocks instead of allocating file-system
   // extents one by one (slow with O_DIRECT).
-  // Done here, before any other write can reach the cluster.
-  act->prealloc = fresh && !external && n < cluster_size_;
-  if (act->prealloc) (void)data_file_->Allocate(host, cluster_size_, false);  // a hint
   if (!cow.empty() && !stream) {
     // Immediate COW: the old head/tail go out with the data in one vectored
     // write. The cluster is exclusive meanwhile, so no in-place writer lands
