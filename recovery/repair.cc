@@ -149,6 +149,8 @@ bool HasRefcountProblems(const ScanResult& scan) {
 
 }  // namespace
 
+constexpr uint64_t kMaxRepairGrowth = 64ull << 20;
+
 Result<bool> RepairRound(const RepairContext& ctx, const ScanResult& scan) {
   if (ctx.mode == RepairMode::kNone) return false;
   const bool all = ctx.mode == RepairMode::kAll;
@@ -159,6 +161,15 @@ Result<bool> RepairRound(const RepairContext& ctx, const ScanResult& scan) {
   // 1. Tables that end past the end of the file: the missing part reads as
   //    zeros; make it real so the refcounts can describe it.
   if (scan.min_file_size > scan.file_size) {
+    // Only a file cut short is grown; a table offset far past the end (a
+    // corrupt header field) would otherwise make a tiny file terabytes
+    // large (found by fuzzing).
+    const uint64_t slack = std::max<uint64_t>(scan.file_size, kMaxRepairGrowth);
+    if (scan.min_file_size - scan.file_size > slack)
+      return Status::Corruption("a table ends at offset " + std::to_string(scan.min_file_size) +
+                                ", far past the end of the file (" +
+                                std::to_string(scan.file_size) +
+                                " bytes): refusing to grow the file to repair it");
     const uint64_t cs = scan.header.cluster_size();
     const uint64_t size = (scan.min_file_size + cs - 1) & ~(cs - 1);
     Say(ctx, "Repairing: growing the file to " + std::to_string(size) +
