@@ -1,4 +1,5 @@
 #include "alloc/refcount_manager.h"
+#include "metadata/hex.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -10,12 +11,6 @@
 
 namespace qcow2j {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 }  // namespace
 

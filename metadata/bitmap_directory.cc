@@ -1,4 +1,5 @@
 #include "metadata/bitmap_directory.h"
+#include "metadata/hex.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -12,12 +13,6 @@ namespace qcow2j {
 namespace {
 
 constexpr size_t kEntryFixedBytes = 24;
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 uint64_t AlignUp8(uint64_t v) { return (v + 7) & ~7ull; }
 

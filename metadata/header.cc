@@ -1,4 +1,5 @@
 #include "metadata/header.h"
+#include "metadata/hex.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -9,12 +10,6 @@
 namespace qcow2j {
 
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 std::string Dec(uint64_t v) { return std::to_string(v); }
 

@@ -1,4 +1,5 @@
 #include "metadata/snapshot_table.h"
+#include "metadata/hex.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -15,12 +16,6 @@ constexpr size_t kExtraVmStateLarge = 8;  // extra data up to this size holds vm
 constexpr size_t kExtraDiskSize = 16;     // ... and the disk size
 constexpr size_t kExtraIcount = 24;       // ... and icount (QEMU 5.2+)
 constexpr uint64_t kNoIcount = UINT64_MAX;  // QEMU writes -1 when icount is absent
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 uint64_t AlignUp8(uint64_t v) { return (v + 7) & ~7ull; }
 

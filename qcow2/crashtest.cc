@@ -14,6 +14,7 @@
 // added on its range. Nothing else may appear: not stale data of another
 // range, not metadata, not zeros where zeros were never written.
 #include <unistd.h>
+#include "metadata/hex.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -69,12 +70,6 @@ void FillPattern(uint32_t p, uint64_t off, uint8_t* buf, size_t n) {
     for (int k = 0; k < 8; ++k) buf[i + k] = static_cast<uint8_t>(w >> (8 * k));
   }
   for (; i < n; ++i) buf[i] = PatternByte(p, off + i);
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 // Per byte of [0, size), the pattern ids it may read as (sorted, unique).

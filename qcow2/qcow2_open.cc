@@ -1,6 +1,7 @@
 // Opening a qcow2 image: header, snapshot table, L1 table, caches, the
 // external data file and the backing chain.
 #include <algorithm>
+#include "metadata/hex.h"
 #include <cstring>
 #include <vector>
 
@@ -20,12 +21,6 @@ std::string Dirname(const std::string& path) {
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
   return path.substr(0, slash);
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 }  // namespace

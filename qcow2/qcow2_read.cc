@@ -3,6 +3,7 @@
 // decompressed cluster. Metadata decisions happen under meta_mu_; data
 // transfers happen after it is released.
 #include <algorithm>
+#include "metadata/hex.h"
 #include <cstring>
 #include <vector>
 
@@ -13,12 +14,6 @@
 
 namespace qcow2j {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 }  // namespace
 

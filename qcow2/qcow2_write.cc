@@ -19,6 +19,7 @@
 //      refcount can never be lower than its references. Freed clusters are
 //      reused only from here on, for the same reason.
 #include <algorithm>
+#include "metadata/hex.h"
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -33,12 +34,6 @@
 
 namespace qcow2j {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 constexpr size_t kCowFillThreads = 16;
 constexpr int kGroupCommitWaitUs = 2000;  // longest a flush leader waits for its group

@@ -21,6 +21,7 @@
 //           -> active L1 overwritten (sync) -> refcounts -1 for the old
 //           active tree (sync) -> COPIED fixed in the new active tree.
 #include "qcow2/snapshot_ops.h"
+#include "metadata/hex.h"
 
 #include <sys/time.h>
 
@@ -49,12 +50,6 @@ constexpr uint64_t kHdrRefcountTable = 48;  // u64 offset, u32 clusters
 constexpr uint64_t kHdrSnapshots = 60;      // u32 nb_snapshots, u64 snapshots_offset
 constexpr uint64_t kReadChunk = 8ull << 20; // bytes of L2 tables read at once
 constexpr size_t kMaxSnapshotNameBytes = UINT16_MAX;
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 uint64_t AlignUp8(uint64_t v) { return (v + 7) & ~7ull; }
 
