@@ -55,16 +55,7 @@ Status RefcountManager::Load() {
 }
 
 Result<TableCache::Table*> RefcountManager::LoadSlice(uint64_t slice_offset) {
-  TableCache::Table* t = cache_->Get(slice_offset);
-  if (t) return t;
-  QCOW2J_ASSIGN_OR_RETURN(t, cache_->Put(slice_offset));
-  Status s = file_->Read(slice_offset, t->data(), slice_bytes_);
-  if (!s.ok()) {
-    cache_->Release(t);
-    cache_->Erase(slice_offset);
-    return s;
-  }
-  return t;
+  return cache_->GetOrRead(slice_offset, file_);
 }
 
 Result<TableCache::Table*> RefcountManager::Slice(uint64_t ci, bool create, uint64_t* index) {

@@ -144,6 +144,18 @@ void TableCache::MarkDirty(Table* t) {
   dirty_.insert(*t);
 }
 
+Result<TableCache::Table*> TableCache::GetOrRead(uint64_t offset, File* file) {
+  if (Table* t = Get(offset)) return t;
+  QCOW2J_ASSIGN_OR_RETURN(Table * t, Put(offset));
+  Status s = file->Read(offset, t->data(), table_size_);
+  if (!s.ok()) {
+    Release(t);
+    Erase(offset);
+    return s;
+  }
+  return t;
+}
+
 Status TableCache::FlushDirty() {
   while (!dirty_.empty()) {
     Table& t = *dirty_.begin();

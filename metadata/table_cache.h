@@ -28,6 +28,7 @@
 #include <memory>
 #include <vector>
 
+#include "qcow2j/file.h"
 #include "qcow2j/status.h"
 
 namespace qcow2j {
@@ -81,6 +82,9 @@ class TableCache {
   Result<Table*> Put(uint64_t offset);
   // Unpins; the table becomes the most recently used once no pin remains.
   void Release(Table* t);
+  // Get, or on a miss a new slot filled from `file` at offset (table_size
+  // bytes); a failed read leaves nothing cached. The table comes pinned.
+  Result<Table*> GetOrRead(uint64_t offset, File* file);
   void MarkDirty(Table* t);
   // Writes back every dirty table in offset order and marks it clean. Stops
   // at the first failure (the tables written so far are clean).

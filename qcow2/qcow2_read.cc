@@ -42,16 +42,7 @@ Status Qcow2Image::LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bit
   uint64_t index = cluster & ((1ull << l2_bits_) - 1);
   uint64_t slice = index >> slice_entries_bits_;
   uint64_t slice_offset = l1.l2_offset + slice * slice_bytes_;
-  TableCache::Table* t = l2_cache_->Get(slice_offset);
-  if (!t) {
-    QCOW2J_ASSIGN_OR_RETURN(t, l2_cache_->Put(slice_offset));
-    Status s = file_->Read(slice_offset, t->data(), slice_bytes_);
-    if (!s.ok()) {
-      l2_cache_->Release(t);
-      l2_cache_->Erase(slice_offset);
-      return s;
-    }
-  }
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_offset, file_.get()));
   const uint8_t* p = t->data() + (index & ((1ull << slice_entries_bits_) - 1)) * l2_entry_bytes_;
   *raw = LoadBE64(p);
   if (l2_entry_bytes_ == 16) *bitmap = LoadBE64(p + 8);
