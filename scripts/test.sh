@@ -10,7 +10,7 @@ export CTEST_OUTPUT_ON_FAILURE=1
 start=$SECONDS
 
 scripts/build.sh release
-(cd build && ctest -j "$(nproc)" --timeout 600)
+(cd build && ctest -j "$(nproc)" --timeout 600 --no-tests=error)
 # The installed package: cmake --install into a temp prefix, then consumers
 # built with find_package(qcow2j) and with pkg-config create, write, read back.
 examples/consumer/check-installed.sh build
@@ -19,10 +19,12 @@ if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
   scripts/build.sh asan
   # Leak checking is on; halt on the first UBSan report.
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-     ctest -j "$(nproc)" --timeout 900)
+     ctest -j "$(nproc)" --timeout 900 --no-tests=error)
   if [ -f tests/tsan_tests.txt ]; then
     scripts/build.sh tsan
-    (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest -j "$(nproc)" --timeout 900 -R "$(paste -sd'|' tests/tsan_tests.txt)")
+    # The regex is built here, in the repository root, where the list lives.
+    tsan_regex="$(grep -v '^#' tests/tsan_tests.txt | grep . | paste -sd'|')"
+    (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest -j "$(nproc)" --timeout 900 --no-tests=error -R "$tsan_regex")
   fi
   if [ -f fuzz/CMakeLists.txt ]; then
     scripts/build.sh fuzz
