@@ -80,10 +80,19 @@ Result<TableCache::Table*> RefcountManager::Slice(uint64_t ci, bool create, uint
   // whichever block covers it (created in turn by the recursive call).
   uint64_t off = end_;
   end_ += cluster_size_;
+  // A new block is all zeros: cached as such, never read (a failed read here
+  // would leave the table pointing at a block that does not count itself).
+  QCOW2J_RETURN_IF_ERROR(ReplayNewBlock(off));
   table_[bi] = off;
   table_dirty_ = true;
+  if (track_) new_blocks_.push_back(bi);
   uint64_t own = off >> cluster_bits_;
-  QCOW2J_RETURN_IF_ERROR(SetRange(own, 1, 1));
+  Status s = SetRange(own, 1, 1);
+  if (!s.ok()) {
+    table_[bi] = 0;
+    if (track_) new_blocks_.pop_back();
+    return s;
+  }
   return LoadSlice(off + slice_off);
 }
 
@@ -102,10 +111,18 @@ Status RefcountManager::GrowTable(uint64_t min_entries) {
   table_offset_ = new_off;
   table_clusters_ = static_cast<uint32_t>(clusters);
   table_dirty_ = true;
+  table_moved_ = track_;
   QCOW2J_RETURN_IF_ERROR(SetRange(new_off >> cluster_bits_, clusters, 1));
   // The old table is freed once the header points at the new one (WriteBack).
-  for (uint64_t i = 0; i < old_clusters; i++)
-    QCOW2J_RETURN_IF_ERROR(Update(old_off + (i << cluster_bits_), -1).status());
+  for (uint64_t i = 0; i < old_clusters; i++) {
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Update(old_off + (i << cluster_bits_), -1));
+    // Not reusable before the header on disk points at the new table: until
+    // then the old one is what an open (and journal replay) reads first.
+    if (rc == 0 && !pending_free_.empty() && pending_free_.back() == ((old_off >> cluster_bits_) + i)) {
+      pending_free_.pop_back();
+      held_.push_back((old_off >> cluster_bits_) + i);
+    }
+  }
   return Status::OK();
 }
 
@@ -116,6 +133,8 @@ Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) 
     uint64_t run = std::min(slice_entries_ - idx, first_ci + n - ci);
     std::span<uint8_t> blk(t->data(), slice_bytes_);
     for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
+    if (track_)
+      for (uint64_t i = 0; i < run; i++) changed_.push_back(ci + i);
     cache_->MarkDirty(t);
     cache_->Release(t);
     ci += run;
@@ -153,6 +172,7 @@ Result<uint64_t> RefcountManager::Update(uint64_t host_offset, int64_t delta) {
                                    " would exceed the maximum " + std::to_string(MaxRefcount()));
   }
   SetRefcount(blk, order_, idx, nv);
+  if (track_) changed_.push_back(ci);
   cache_->MarkDirty(t);
   cache_->Release(t);
   if (nv == 0) pending_free_.push_back(ci);
@@ -236,8 +256,115 @@ Status RefcountManager::WriteBack() {
     QCOW2J_RETURN_IF_ERROR(cfg_.update_header(table_offset_, table_clusters_));
     cfg_.refcount_table_offset = table_offset_;
     cfg_.refcount_table_clusters = table_clusters_;
+    for (uint64_t ci : held_) AddFree(ci, 1);
+    held_.clear();
   }
   table_dirty_ = false;
+  return Status::OK();
+}
+
+Status RefcountManager::JournalRecords(std::vector<JournalRecord>* out) {
+  if (table_moved_) {
+    // The header switches to the new table; every live entry is restated,
+    // because replay starts from the old table's contents.
+    HeaderUpdate h;
+    h.offset = 48;  // refcount_table_offset, refcount_table_clusters
+    h.bytes.resize(12);
+    StoreBE64(h.bytes.data(), table_offset_);
+    StoreBE32(h.bytes.data() + 8, table_clusters_);
+    out->push_back(std::move(h));
+    for (uint64_t i = 0; i < table_.size(); i++)
+      if (table_[i]) out->push_back(RefcountTableUpdate{i, table_[i]});
+  } else {
+    for (uint64_t bi : new_blocks_) out->push_back(RefcountTableUpdate{bi, table_[bi]});
+  }
+  for (uint64_t bi : new_blocks_)
+    out->push_back(NewTable{JournalTableKind::kRefcountBlock, table_[bi] & kRefcountTableOffsetMask});
+  std::sort(changed_.begin(), changed_.end());
+  changed_.erase(std::unique(changed_.begin(), changed_.end()), changed_.end());
+  for (size_t i = 0; i < changed_.size();) {
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t v, Get(changed_[i] << cluster_bits_));
+    size_t j = i + 1;
+    while (j < changed_.size() && changed_[j] == changed_[j - 1] + 1) {
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t w, Get(changed_[j] << cluster_bits_));
+      if (w != v) break;
+      j++;
+    }
+    if (j - i == 1) {
+      out->push_back(RefcountUpdate{changed_[i], v});
+    } else {
+      out->push_back(RefcountRun{changed_[i], j - i, v});
+    }
+    i = j;
+  }
+  return Status::OK();
+}
+
+void RefcountManager::ForgetChanges() {
+  changed_.clear();
+  new_blocks_.clear();
+  table_moved_ = false;
+}
+
+Status RefcountManager::ReplaySet(uint64_t cluster_index, uint64_t n, uint64_t value) {
+  if (value > MaxRefcount())
+    return Status::Corruption("journal: refcount " + std::to_string(value) + " of cluster " +
+                              std::to_string(cluster_index) + " exceeds the maximum " +
+                              std::to_string(MaxRefcount()));
+  for (uint64_t ci = cluster_index; ci < cluster_index + n;) {
+    uint64_t idx;
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Slice(ci, false, &idx));
+    if (!t) {
+      if (value == 0) {  // no block: already 0
+        ci = (ci / block_entries_ + 1) * block_entries_;
+        continue;
+      }
+      return Status::Corruption("journal: refcount of cluster " + std::to_string(ci) +
+                                " has no refcount block");
+    }
+    uint64_t run = std::min(slice_entries_ - idx, cluster_index + n - ci);
+    std::span<uint8_t> blk(t->data(), slice_bytes_);
+    for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
+    cache_->MarkDirty(t);
+    cache_->Release(t);
+    if (value) end_ = std::max(end_, (ci + run) << cluster_bits_);
+    ci += run;
+  }
+  return Status::OK();
+}
+
+Status RefcountManager::ReplayNewBlock(uint64_t block_offset) {
+  if (block_offset == 0 || (block_offset & (cluster_size_ - 1)))
+    return Status::Corruption("journal: new refcount block at " + Hex(block_offset) +
+                              " is not cluster aligned");
+  QCOW2J_RETURN_IF_ERROR(cache_->ZeroTables(block_offset, cluster_size_));
+  end_ = std::max(end_, block_offset + cluster_size_);
+  return Status::OK();
+}
+
+Status RefcountManager::ReplayTableEntry(uint64_t index, uint64_t block_offset) {
+  if (index >= table_.size())
+    return Status::Corruption("journal: refcount table index " + std::to_string(index) +
+                              " is beyond the table (" + std::to_string(table_.size()) + " entries)");
+  if (block_offset & (cluster_size_ - 1))
+    return Status::Corruption("journal: refcount block offset " + Hex(block_offset) +
+                              " is not cluster aligned");
+  table_[index] = block_offset;
+  table_dirty_ = true;
+  if (block_offset) end_ = std::max(end_, block_offset + cluster_size_);
+  return Status::OK();
+}
+
+Status RefcountManager::ReplayTableMove(uint64_t table_offset, uint32_t clusters) {
+  if (table_offset == 0 || (table_offset & (cluster_size_ - 1)) || clusters == 0 ||
+      (uint64_t{clusters} << cluster_bits_) > (8ull << 20) * 8)
+    return Status::Corruption("journal: refcount table move to " + Hex(table_offset) + " (" +
+                              std::to_string(clusters) + " clusters) is invalid");
+  table_offset_ = table_offset;
+  table_clusters_ = clusters;
+  table_.resize((uint64_t{clusters} << cluster_bits_) / 8, 0);
+  table_dirty_ = true;
+  end_ = std::max(end_, table_offset + (uint64_t{clusters} << cluster_bits_));
   return Status::OK();
 }
 

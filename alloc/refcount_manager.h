@@ -18,6 +18,7 @@
 #include <memory>
 #include <vector>
 
+#include "journal/journal_record.h"
 #include "metadata/table_cache.h"
 #include "qcow2j/file.h"
 #include "qcow2j/status.h"
@@ -58,6 +59,30 @@ class RefcountManager {
   Status WriteBack();
   bool dirty() const { return table_dirty_ || cache_->dirty_count() > 0; }
 
+  // ---- the metadata journal ----
+  // From now on remember every refcount change, new refcount block and table
+  // move, for TakeJournalRecords. Dirty blocks are then never evicted (an
+  // evicted block would reach the disk before the transaction committing it).
+  void EnableJournal() {
+    track_ = true;
+    cache_->set_keep_dirty(true);
+  }
+  size_t change_count() const { return changed_.size() + new_blocks_.size() + (table_moved_ ? table_.size() : 0); }
+  bool has_changes() const { return !changed_.empty() || !new_blocks_.empty() || table_moved_; }
+  // Appends records that set everything changed since ForgetChanges to its
+  // current value (table move and new blocks first, so replay finds the
+  // blocks the refcounts go into).
+  Status JournalRecords(std::vector<JournalRecord>* out);
+  // The changes are committed, or written in place: nothing left to journal.
+  void ForgetChanges();
+  size_t dirty_blocks() const { return cache_->dirty_count(); }
+  size_t cache_capacity() const { return cache_->capacity(); }
+  // Replay of journal records (absolute values; idempotent).
+  Status ReplaySet(uint64_t cluster_index, uint64_t n, uint64_t value);
+  Status ReplayNewBlock(uint64_t block_offset);
+  Status ReplayTableEntry(uint64_t index, uint64_t block_offset);
+  Status ReplayTableMove(uint64_t table_offset, uint32_t clusters);
+
   // First cluster offset past every allocation.
   uint64_t end_offset() const { return end_; }
   uint64_t table_offset() const { return table_offset_; }
@@ -95,6 +120,12 @@ class RefcountManager {
   std::unique_ptr<TableCache> cache_;
   std::map<uint64_t, uint64_t> free_;  // cluster index -> run length, reusable now
   std::vector<uint64_t> pending_free_; // cluster indexes freed since the last flush
+  std::vector<uint64_t> held_;         // an old refcount table's clusters, free once the header moved
+  // Journal tracking (EnableJournal).
+  bool track_ = false;
+  std::vector<uint64_t> changed_;     // cluster indexes whose refcount changed
+  std::vector<uint64_t> new_blocks_;  // refcount-table indexes given a new block
+  bool table_moved_ = false;
 };
 
 }  // namespace qcow2j

@@ -86,6 +86,8 @@ Status ValidateJournalExtension(const JournalExtension& ext, uint32_t cluster_bi
                                 " has unknown bits " +
                                 JournalHex(ext.flags & ~kJournalKnownFlags));
   }
+  // No area: the journal is enabled for the image but idle (cleanly closed).
+  if (ext.area_offset == 0 && ext.area_size == 0) return Status::OK();
   if (ext.area_offset == 0) return ExtError("area_offset", 0, "is zero (the header cluster)");
   if (ext.area_offset % cluster_size != 0) {
     return ExtError("area_offset", ext.area_offset,

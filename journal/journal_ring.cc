@@ -98,15 +98,14 @@ Status JournalWriter::Append(std::span<const uint8_t> frame, uint64_t* offset) {
     const std::vector<uint8_t> marker =
         EncodeWrapMarker(h->sequence, h->synced_through, sb_.generation, ext_.sector_size);
     Status s = file_->Write(ext_.area_offset + head_, marker.data(), marker.size());
-    if (!s.ok()) {
-      failed_ = true;
-      return s.Annotate("writing journal wrap marker at area offset " + JournalHex(head_));
-    }
+    // A failed write leaves head_ where it was: a retry writes over
+    // whatever part landed (no valid frame can have), so the writer stays
+    // usable (ENOSPC, say). Only a failed sync stops it.
+    if (!s.ok()) return s.Annotate("writing journal wrap marker at area offset " + JournalHex(head_));
     at = ext_.ring_start();
   }
   Status s = file_->Write(ext_.area_offset + at, frame.data(), frame.size());
   if (!s.ok()) {
-    failed_ = true;
     return s.Annotate("writing journal transaction " + std::to_string(h->sequence) +
                       " at area offset " + JournalHex(at));
   }

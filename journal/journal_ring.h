@@ -69,9 +69,10 @@ class JournalWriter {
   // this generation) into the ring and sets *offset to its area offset.
   // Does not sync: the transaction is committed once Sync() returns.
   // NoSpace ("journal full") when it does not fit: checkpoint, then retry.
-  // InvalidArgument when the frame is not the expected next frame. After a
-  // write error the writer refuses further appends (Aborted): the ring's
-  // state on disk is unknown.
+  // InvalidArgument when the frame is not the expected next frame. A write
+  // error leaves the head where it was (the frame may be appended again: it
+  // overwrites whatever part landed); a failed Sync stops the writer for
+  // good (Aborted), since what reached the disk is unknown.
   Status Append(std::span<const uint8_t> frame, uint64_t* offset);
 
   // Makes every appended frame durable (File::Sync) and raises synced_through().

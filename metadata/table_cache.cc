@@ -1,6 +1,7 @@
 #include "metadata/table_cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cerrno>
 #include <new>
 #include <string>
@@ -73,6 +74,8 @@ void TableCache::MarkClean(Table* t) {
   if (!t->dirty_) return;
   dirty_.erase(dirty_.iterator_to(*t));
   t->dirty_ = false;
+  // Keep-dirty mode kept it off the LRU list while dirty: evictable again.
+  if (t->pins_ == 0 && !t->erased_ && !t->list_hook_.is_linked()) lru_.push_back(*t);
 }
 
 Result<TableCache::Table*> TableCache::EvictOne() {
@@ -98,7 +101,7 @@ TableCache::Table* TableCache::Get(uint64_t offset) {
   auto it = index_.find(offset);
   if (it == index_.end()) return nullptr;
   Table* t = &*it;
-  if (t->pins_ == 0) lru_.erase(lru_.iterator_to(*t));
+  if (t->pins_ == 0 && t->list_hook_.is_linked()) lru_.erase(lru_.iterator_to(*t));
   ++t->pins_;
   return t;
 }
@@ -111,6 +114,7 @@ Result<TableCache::Table*> TableCache::Put(uint64_t offset) {
   Table* t = nullptr;
   // Usually one eviction; more only after Resize shrank below pinned tables.
   while (index_.size() >= capacity_) {
+    if (keep_dirty_ && lru_.empty()) break;  // soft capacity: every unpinned table is dirty
     QCOW2J_ASSIGN_OR_RETURN(Table * victim, EvictOne());
     if (t != nullptr) Recycle(t);
     t = victim;
@@ -135,6 +139,7 @@ void TableCache::Release(Table* t) {
     Recycle(t);
     return;
   }
+  if (keep_dirty_ && t->dirty_) return;  // not evictable until written back
   lru_.push_front(*t);
 }
 
@@ -142,6 +147,20 @@ void TableCache::MarkDirty(Table* t) {
   if (t == nullptr || t->dirty_ || t->erased_) return;
   t->dirty_ = true;
   dirty_.insert(*t);
+  if (keep_dirty_ && t->list_hook_.is_linked()) lru_.erase(lru_.iterator_to(*t));
+}
+
+Status TableCache::ZeroTables(uint64_t offset, uint64_t bytes) {
+  for (uint64_t off = offset; off < offset + bytes; off += table_size_) {
+    Table* t = Get(off);
+    if (!t) {
+      QCOW2J_ASSIGN_OR_RETURN(t, Put(off));
+    }
+    std::memset(t->data(), 0, table_size_);
+    MarkDirty(t);
+    Release(t);
+  }
+  return Status::OK();
 }
 
 Result<TableCache::Table*> TableCache::GetOrRead(uint64_t offset, File* file) {
@@ -173,9 +192,10 @@ void TableCache::Erase(uint64_t offset) {
   if (it == index_.end()) return;
   Table* t = &*it;
   index_.erase(it);
+  t->erased_ = t->pins_ > 0;  // MarkClean must not put it back on the LRU list
   MarkClean(t);
   if (t->pins_ == 0) {
-    lru_.erase(lru_.iterator_to(*t));
+    if (t->list_hook_.is_linked()) lru_.erase(lru_.iterator_to(*t));
     Recycle(t);
   } else {
     t->erased_ = true;

@@ -86,6 +86,17 @@ class TableCache {
   // bytes); a failed read leaves nothing cached. The table comes pinned.
   Result<Table*> GetOrRead(uint64_t offset, File* file);
   void MarkDirty(Table* t);
+  // The tables at [offset, offset + bytes) become zero-filled and dirty
+  // (cached or not; nothing is read): a newly created table.
+  Status ZeroTables(uint64_t offset, uint64_t bytes);
+  // Keep-dirty mode (the journal's): dirty tables are never evicted, because
+  // writing one in place could expose changes that are not committed yet.
+  // They leave the LRU list while dirty and return to it once written back,
+  // and the capacity becomes soft: when every unpinned table is dirty, Put
+  // allocates a slot beyond it instead of evicting. The engine checkpoints
+  // (FlushDirty) to bring the cache back under its capacity.
+  void set_keep_dirty(bool on) { keep_dirty_ = on; }
+  bool keep_dirty() const { return keep_dirty_; }
   // Writes back every dirty table in offset order and marks it clean. Stops
   // at the first failure (the tables written so far are clean).
   Status FlushDirty();
@@ -153,6 +164,7 @@ class TableCache {
   const size_t alignment_;
   size_t capacity_;
   WriteBack write_back_;
+  bool keep_dirty_ = false;
 
   std::unique_ptr<Index::bucket_type[]> buckets_;
   size_t bucket_count_;

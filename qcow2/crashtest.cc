@@ -431,6 +431,22 @@ class WorkloadImpl final : public CrashWorkload {
     point_ = point;
     auto History = [&] { return FileOps(point) + this->History(); };
 
+    // 0. Recovery: with a journal, a read-write open replays it (and a
+    // clean close leaves plain qcow2), as any user's next open would.
+    if (cfg_.journal) {
+      OpenOptions ro;
+      ro.env = st;
+      ro.format = "qcow2";
+      ro.read_only = false;
+      auto rec = Image::Open(kImage, ro);
+      if (!rec.ok())
+        return Violation(at + ": recovery (read-write open) failed: " + rec.status().ToString() + "\n" +
+                         History());
+      Status cs = (*rec)->Close();
+      if (!cs.ok())
+        return Violation(at + ": close after recovery failed: " + cs.ToString() + "\n" + History());
+    }
+
     // 1. The checker finds no corruption.
     CheckOptions co;
     co.env = st;

@@ -16,6 +16,7 @@
 #include "metadata/header.h"
 #include "metadata/l2_entry.h"
 #include "metadata/refcount_block.h"
+#include "journal/journal_format.h"
 #include "qcow2/qcow2_image.h"
 #include "qcow2/raw_image.h"
 
@@ -163,6 +164,16 @@ Status CreateQcow2(const std::string& path, const CreateOptions& opts_in) {
     if (o.compression_type == "zstd") {
       h.compression_type = kCompressionZstd;
       h.incompatible_features |= kIncompatCompression;
+    }
+    if (o.journal) {
+      // Journal enabled, no area yet: the first commit of a read-write
+      // session allocates one, a clean close frees it (docs/journal-format.md).
+      JournalExtension ext;
+      ext.area_offset = 0;
+      ext.area_size = 0;
+      ext.sector_size = 512;
+      ext.flags = o.lazy_refcounts ? kJournalFlagDirtyRefcounts : 0;
+      h.journal = EncodeJournalExtension(ext);
     }
     if (!o.data_file.empty()) {
       h.data_file = o.data_file;

@@ -13,10 +13,14 @@
 #include <mutex>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "alloc/refcount_manager.h"
+#include "journal/journal_ring.h"
 #include "metadata/header.h"
 #include "metadata/l2_entry.h"
 #include "metadata/snapshot_table.h"
@@ -129,10 +133,12 @@ class Qcow2Image final : public Image {
     bool tracked = false;    // holds a writer count in inflight_[cluster]
     bool exclusive = false;  // immediate COW of [cow_start, cow_end) in the cluster
     uint64_t old_raw = 0, old_bitmap = 0, cluster_host = 0, cow_start = 0, cow_end = 0;
+    bool checksum = false;   // the journal's open transaction needs a checksum of what lands
   };
   Status PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t pos, const uint8_t* src,
                          size_t n, WriteAction* act);
-  Status ImmediateCow(const WriteAction& a);
+  // *hash: XXH64 of everything written (head, data, tail), for the journal.
+  Status ImmediateCow(const WriteAction& a, uint64_t* hash);
   // A write between its submission and the end of its planning.
   struct PendingWrite {
     uint64_t offset = 0;
@@ -171,13 +177,20 @@ class Qcow2Image final : public Image {
   void CoverLocked(uint64_t cluster, uint64_t in, uint64_t len);
   Status ResolveCowLocked(uint64_t cluster);
   Status ResolveAllCowLocked(std::unique_lock<std::mutex>& lk);
-  Status FillCow(uint64_t cluster, const PendingCow& pc);
+  struct SumRange {
+    uint64_t host = 0, len = 0, hash = 0;
+  };
+  // Writes the old contents into the uncovered ranges; *sums gets each range
+  // written with its hash (for the journal's data checksums).
+  Status FillCow(uint64_t cluster, const PendingCow& pc, std::vector<SumRange>* sums);
   Status ReadOldContent(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t in,
                         uint8_t* dst, size_t len);
   // Waits until no request allocates or fills a cluster in [first, last].
   void WaitInflightLocked(std::unique_lock<std::mutex>& lk, uint64_t first, uint64_t last);
   Status FlushLocked(std::unique_lock<std::mutex>& lk);
   Status WriteL1Locked();
+  // Punches discarded host clusters (of the data file), adjacent ones as one range.
+  Status PunchClusters(std::vector<uint64_t> clusters);
   Status WriteHeaderField(uint64_t offset, const void* data, size_t len);
 
   std::unique_ptr<RefcountManager> refcounts_;
@@ -202,6 +215,49 @@ class Qcow2Image final : public Image {
   Result<bool> MetadataPreallocated();
   std::mutex prealloc_mu_;
   bool prealloc_known_ = false, prealloc_ = false;
+
+  // ---- the metadata journal (qcow2_journal.cc, docs/journal-format.md) ----
+  // Without a journal, FlushLocked orders in-place writes with two syncs.
+  // With one, a flush commits one transaction (records of every L2, L1 and
+  // refcount change since the last commit, plus checksums of the data those
+  // changes expose) with a single sync; the tables stay dirty in the caches
+  // (never evicted: keep-dirty mode) until a checkpoint writes them in place.
+  std::optional<JournalExtension> jext_;   // the image's journal extension
+  bool journal_on_ = false;                // this read-write session commits through it
+  bool jdirty_refcounts_ = false;          // dirty-refcount mode: refcounts not journalled
+  std::unique_ptr<JournalWriter> jwriter_; // the session's ring, once the first commit made one
+  std::set<uint64_t> jl2_;                 // host offsets of L2 entries changed since the last commit
+  std::set<uint64_t> jl1_;                 // L1 indexes changed since the last commit
+  std::vector<JournalRecord> jnew_tables_; // NewTable records of the open transaction
+  std::unordered_set<uint64_t> jnew_hosts_;  // data clusters the open transaction maps
+  std::map<uint64_t, SumRange> jsums_;     // host start -> checksummed bytes of the open transaction
+  bool jsums_ok_ = true;                   // false: commit syncs the data first (two syncs)
+  uint64_t jsum_bytes_ = 0;
+  std::map<uint64_t, SumRange> junconfirmed_;  // checksummed by the last commit, not yet confirmed
+  uint64_t jcommits_ = 0, jcheckpoints_ = 0;
+  Status ReplayJournal();
+  Status ApplyJournalRecord(const JournalRecord& r);
+  Status StartJournalSessionLocked();
+  // Frees the area and clears the journal bits (the ring must be empty).
+  Status EndJournalSessionLocked(bool refcounts_clean);
+  // Journal flush: one transaction, one sync (checkpoints past the threshold).
+  Status JournalFlushLocked();
+  // Writes every dirty table in place (refcounts, sync, L2 and L1, sync) and
+  // empties the ring: all the journal held is now in place.
+  Status CheckpointLocked();
+  // Commits an empty transaction whose synced_through confirms the last one.
+  Status ConfirmLocked();
+  Status RewriteHeader();
+  void NoteL2ChangeLocked(TableCache::Table* slice, const uint8_t* entry) {
+    if (journal_on_) jl2_.insert(slice->offset() + static_cast<uint64_t>(entry - slice->data()));
+  }
+  void NoteChecksumLocked(uint64_t host, uint64_t len, uint64_t hash);
+  void NoteDataLossLocked() {  // data of the open transaction in an unknown state
+    jsums_ok_ = false;
+    jsums_.clear();
+  }
+  bool OverlapsUnconfirmedLocked(uint64_t host, uint64_t len) const;
+  bool JournalChecksums() const { return journal_on_ && data_file_ == file_.get(); }
 
   std::string recovery_report_;  // what open-time recovery did, for Info()
   bool dirty_repaired_ = false;  // Load repaired a dirty image and runs again

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "metadata/endian.h"
+#include "journal/journal_format.h"
 #include "qcow2/qcow2_image.h"
 #include "qcow2j/check.h"
 
@@ -91,10 +92,26 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   slice_entries_bits_ = static_cast<uint32_t>(__builtin_ctz(slice_bytes_ / l2_entry_bytes_));
   virtual_size_ = header_.size;
 
+  const bool journal_bit = header_.incompatible_features & kIncompatJournal;
+  if (header_.journal && header_.version >= 3) {
+    auto ext = DecodeJournalExtension(*header_.journal, cluster_bits_);
+    if (ext.ok()) {
+      jext_ = *ext;
+      jdirty_refcounts_ = ext->dirty_refcounts();
+    } else if (journal_bit || !read_only_) {
+      return ext.status().Annotate("image '" + path + "'");
+    }
+  } else if (journal_bit) {
+    return Status::Corruption("image '" + path + "' has incompatible bit 16 (qcow2j journal) set "
+                              "but no journal header extension");
+  }
+
   if (!read_only_ && (header_.incompatible_features & kIncompatCorrupt))
     return Status::Corruption("image '" + path + "' is marked corrupt (incompatible bit 1); "
                               "it can only be opened read-only, or repaired with check -r all");
-  if (!read_only_ && (header_.incompatible_features & kIncompatDirty)) {
+  // With the journal bit set the journal is replayed first (below); the
+  // refcount rebuild of a dirty image follows on the replayed tables.
+  if (!read_only_ && (header_.incompatible_features & kIncompatDirty) && !journal_bit) {
     // Left dirty (lazy refcounts, or a crash in dirty-refcount mode): the
     // refcounts on disk may be stale. Like QEMU, repair them before any
     // write, then open the repaired image.
@@ -176,11 +193,30 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
     return file_->Write(off, data, slice_bytes_);
   });
 
+  // With a journal, dirty tables must not reach the disk before their
+  // transaction commits: they are written only by checkpoints.
+  if (jext_) l2_cache_->set_keep_dirty(true);
+
   QCOW2J_RETURN_IF_ERROR(OpenDataFile(opts));
+  if (!read_only_) QCOW2J_RETURN_IF_ERROR(InitWriter());
+  QCOW2J_RETURN_IF_ERROR(ReplayJournal());
+  if (!read_only_ && (header_.incompatible_features & kIncompatDirty)) {
+    // A crash in dirty-refcount mode: the journal restored the tables; now
+    // rebuild the refcounts (the dirty-image path above).
+    std::string replayed = recovery_report_;
+    refcounts_.reset();
+    l2_cache_.reset();
+    jext_.reset();
+    file_.reset();
+    data_file_owned_.reset();
+    QCOW2J_RETURN_IF_ERROR(Load(path, opts, depth));
+    recovery_report_ = replayed + (recovery_report_.empty() ? "" : "; " + recovery_report_);
+    return Status::OK();
+  }
   if (!opts.no_backing && !header_.backing_file.empty())
     QCOW2J_RETURN_IF_ERROR(OpenBackingChain(opts, depth));
   if (!read_only_) {
-    QCOW2J_RETURN_IF_ERROR(InitWriter());
+    journal_on_ = jext_.has_value();
     writer_ready_ = true;
   }
   return Status::OK();

@@ -18,6 +18,9 @@
 //      entries that referenced those clusters are gone on disk, so a
 //      refcount can never be lower than its references. Freed clusters are
 //      reused only from here on, for the same reason.
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
+#include <xxhash.h>
+
 #include <algorithm>
 #include "metadata/hex.h"
 #include <atomic>
@@ -62,6 +65,7 @@ Status Qcow2Image::InitWriter() {
   };
   refcounts_ = std::make_unique<RefcountManager>(c);
   QCOW2J_RETURN_IF_ERROR(refcounts_->Load());
+  if (jext_) refcounts_->EnableJournal();
   // We do not keep persistent bitmaps up to date: clearing their autoclear
   // bit tells QEMU they are stale, as the spec intends for unaware writers.
   uint64_t keep = header_.autoclear_features & (kAutoclearDataFileRaw | kAutoclearJournalValid);
@@ -117,6 +121,8 @@ Result<TableCache::Table*> Qcow2Image::WritableL2Locked(uint64_t cluster, uint8_
     // A new table, or a private copy of one shared with a snapshot.
     bool fresh = false;
     QCOW2J_ASSIGN_OR_RETURN(uint64_t table, refcounts_->Allocate(1, &fresh));
+    if (journal_on_ && OverlapsUnconfirmedLocked(table, cluster_size_))
+      QCOW2J_RETURN_IF_ERROR(ConfirmLocked());
     if (l1.l2_offset) {
       std::vector<uint8_t> buf(cluster_size_);
       // Dirty cached slices of the old table are newer than its disk copy.
@@ -130,11 +136,15 @@ Result<TableCache::Table*> Qcow2Image::WritableL2Locked(uint64_t cluster, uint8_
       }
       QCOW2J_RETURN_IF_ERROR(file_->Write(table, buf.data(), buf.size()));
       decrements_.push_back({l1.l2_offset, false});
-    } else if (!fresh) {
-      QCOW2J_RETURN_IF_ERROR(file_->ZeroRange(table, cluster_size_));
+      // The copy is data the transaction's L1 entry points at.
+      if (JournalChecksums()) NoteChecksumLocked(table, buf.size(), XXH64(buf.data(), buf.size(), 0));
+    } else {
+      if (!fresh) QCOW2J_RETURN_IF_ERROR(file_->ZeroRange(table, cluster_size_));
+      if (journal_on_) jnew_tables_.push_back(NewTable{JournalTableKind::kL2Table, table});
     }
     l1_[l1_index] = table | kOflagCopied;
     l1_dirty_.insert(l1_index);
+    if (journal_on_) jl1_.insert(l1_index);
     l1 = L1Entry::Decode(l1_[l1_index]);
   }
   uint64_t index = cluster & ((1ull << l2_bits_) - 1);
@@ -230,15 +240,24 @@ Status Qcow2Image::ResolveCowLocked(uint64_t cluster) {
   if (it == cow_.end()) return Status::OK();
   PendingCow pc = std::move(it->second);
   cow_.erase(it);
-  return FillCow(cluster, pc);
+  std::vector<SumRange> sums;
+  Status s = FillCow(cluster, pc, &sums);
+  if (!s.ok()) {
+    NoteDataLossLocked();
+    return s;
+  }
+  if (JournalChecksums())
+    for (const SumRange& r : sums) NoteChecksumLocked(r.host, r.len, r.hash);
+  return Status::OK();
 }
 
-Status Qcow2Image::FillCow(uint64_t cluster, const PendingCow& pc) {
+Status Qcow2Image::FillCow(uint64_t cluster, const PendingCow& pc, std::vector<SumRange>* sums) {
   std::vector<uint8_t> buf;
   for (auto [a, b] : pc.uncovered) {
     buf.resize(b - a);
     QCOW2J_RETURN_IF_ERROR(ReadOldContent(cluster, pc.old_raw, pc.old_bitmap, a, buf.data(), b - a));
     QCOW2J_RETURN_IF_ERROR(data_file_->Write(pc.host + a, buf.data(), b - a));
+    sums->push_back({pc.host + a, b - a, XXH64(buf.data(), buf.size(), 0)});
   }
   return Status::OK();
 }
@@ -255,6 +274,7 @@ Status Qcow2Image::ResolveAllCowLocked(std::unique_lock<std::mutex>& lk) {
   std::sort(order.begin(), order.end());
   std::vector<std::pair<uint64_t, PendingCow>> work;
   work.reserve(order.size());
+  std::vector<std::vector<SumRange>> sums(order.size());
   for (auto& [host, c] : order) work.emplace_back(c, cow_[c]);
   lk.unlock();
   std::atomic<size_t> next{0};
@@ -262,7 +282,7 @@ Status Qcow2Image::ResolveAllCowLocked(std::unique_lock<std::mutex>& lk) {
   Status err;
   auto worker = [&] {
     for (size_t i; (i = next.fetch_add(1)) < work.size();) {
-      Status s = FillCow(work[i].first, work[i].second);
+      Status s = FillCow(work[i].first, work[i].second, &sums[i]);
       if (!s.ok()) {
         std::lock_guard<std::mutex> g(err_mu);
         if (err.ok()) err = s;
@@ -275,8 +295,14 @@ Status Qcow2Image::ResolveAllCowLocked(std::unique_lock<std::mutex>& lk) {
   worker();
   for (auto& t : pool) t.join();
   lk.lock();
-  if (!err.ok()) return err;
+  if (!err.ok()) {
+    NoteDataLossLocked();
+    return err;
+  }
   for (auto& [c, pc] : work) cow_.erase(c);
+  if (JournalChecksums())
+    for (const auto& v : sums)
+      for (const SumRange& r : v) NoteChecksumLocked(r.host, r.len, r.hash);
   return Status::OK();
 }
 
@@ -319,10 +345,23 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
                                 Hex(host) + " is not aligned to the cluster size");
     NoteWriteEndLocked(pos + n);
     act->host = host + in;
-    if (cow_.count(cluster) || inflight_.count(cluster)) {
+    // A cluster the open journal transaction maps: what lands in it is
+    // checksummed, and a flush must wait for it.
+    act->checksum = JournalChecksums() && jnew_hosts_.count(host);
+    if (cow_.count(cluster) || inflight_.count(cluster) || act->checksum) {
       CoverLocked(cluster, in, n);
       inflight_[cluster].writers++;
       act->tracked = true;
+    }
+    // Bytes checksummed by the last commit stay as they are until a later
+    // frame confirms it (docs/journal-format.md, "Writing", rule 2).
+    if (journal_on_ && OverlapsUnconfirmedLocked(act->host, n)) {
+      Status cs = ConfirmLocked();
+      if (!cs.ok()) {
+        if (act->tracked && --inflight_[cluster].writers == 0) inflight_.erase(cluster);
+        act->tracked = false;
+        return cs;
+      }
     }
     return Status::OK();
   }
@@ -363,6 +402,15 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       }
     }
   }
+  // The new data, and any COW around it, land in [host, host + cluster):
+  // bytes there that the last commit checksummed must be confirmed first.
+  if (journal_on_ && OverlapsUnconfirmedLocked(host, cluster_size_)) {
+    Status cs = ConfirmLocked();
+    if (!cs.ok()) {
+      l2_cache_->Release(slice);
+      return cs;
+    }
+  }
   uint64_t new_bitmap = 0;
   std::vector<std::pair<uint64_t, uint64_t>> cow;  // in-cluster ranges needing old contents
   const bool whole_copy = old.compressed() || (old.host_offset() && !old.copied());
@@ -386,6 +434,11 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
   StoreBE64(ent, host | kOflagCopied);
   if (ext) StoreBE64(ent + 8, new_bitmap);
   l2_cache_->MarkDirty(slice);
+  NoteL2ChangeLocked(slice, ent);
+  if (JournalChecksums()) {
+    jnew_hosts_.insert(host);
+    act->checksum = true;
+  }
   l2_cache_->Release(slice);
   if (!reuse) FreeOldLocked(old_raw, false);
   // A reused cluster (extended L2: more subclusters of an allocated cluster)
@@ -430,7 +483,7 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
   return Status::OK();
 }
 
-Status Qcow2Image::ImmediateCow(const WriteAction& a) {
+Status Qcow2Image::ImmediateCow(const WriteAction& a, uint64_t* hash) {
   const uint64_t in = a.pos & (cluster_size_ - 1);
   std::vector<uint8_t> head(in - a.cow_start), tail(a.cow_end - (in + a.n));
   if (!head.empty())
@@ -444,6 +497,12 @@ Status Qcow2Image::ImmediateCow(const WriteAction& a) {
   if (!head.empty()) iov[cnt++] = {head.data(), head.size()};
   iov[cnt++] = {const_cast<uint8_t*>(a.src), a.n};
   if (!tail.empty()) iov[cnt++] = {tail.data(), tail.size()};
+  if (a.checksum) {
+    XXH64_state_t st;
+    XXH64_reset(&st, 0);
+    for (int i = 0; i < cnt; i++) XXH64_update(&st, iov[i].iov_base, iov[i].iov_len);
+    *hash = XXH64_digest(&st);
+  }
   return data_file_->Writev(a.cluster_host + a.cow_start, std::span<const iovec>(iov, cnt));
 }
 
@@ -555,9 +614,13 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
   // other go out as one vectored write.
   Status io;
   std::vector<iovec> iov;
+  std::vector<SumRange> sums;  // for the journal: what landed in clusters it maps
   for (size_t i = 0; i < acts.size() && io.ok();) {
     if (acts[i].exclusive) {
-      io = ImmediateCow(acts[i++]);
+      const WriteAction& a = acts[i++];
+      uint64_t h = 0;
+      io = ImmediateCow(a, &h);
+      if (a.checksum) sums.push_back({a.cluster_host + a.cow_start, a.cow_end - a.cow_start, h});
       continue;
     }
     size_t j = i + 1;
@@ -567,9 +630,21 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
     for (size_t k = i; k < j; k++) iov.push_back({const_cast<uint8_t*>(acts[k].src), acts[k].n});
     io = iov.size() == 1 ? data_file_->Write(acts[i].host, acts[i].src, acts[i].n)
                          : data_file_->Writev(acts[i].host, iov);
+    for (size_t k = i; k < j; k++)
+      if (acts[k].checksum) sums.push_back({acts[k].host, acts[k].n, XXH64(acts[k].src, acts[k].n, 0)});
     i = j;
   }
-  std::lock_guard<std::mutex> g(meta_mu_);
+  std::unique_lock<std::mutex> g(meta_mu_);
+  // Before the writer counts drop: a flush waiting for them commits these.
+  bool any_checksum = false;
+  for (const WriteAction& a : acts) any_checksum |= a.checksum;
+  if (any_checksum) {
+    if (io.ok()) {
+      for (const SumRange& r : sums) NoteChecksumLocked(r.host, r.len, r.hash);
+    } else {
+      NoteDataLossLocked();
+    }
+  }
   for (const WriteAction& a : acts) {
     if (!a.tracked) continue;
     Inflight& inf = inflight_[a.cluster];
@@ -579,7 +654,15 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
   if (flush_needed) *flush_needed = FlushNeededLocked();
   writers_active_--;
   inflight_cv_.notify_all();
-  return st.ok() ? io : st;
+  if (!st.ok() || !io.ok()) return st.ok() ? io : st;
+  // The caches cannot evict dirty tables while a journal is on: far past
+  // their capacity, commit and checkpoint without waiting for a guest flush.
+  if (journal_on_ && !draining_ &&
+      (l2_cache_->dirty_count() > 2 * l2_cache_->capacity() ||
+       refcounts_->dirty_blocks() > 2 * refcounts_->cache_capacity())) {
+    return FlushLocked(g);
+  }
+  return Status::OK();
 }
 
 // Makes one whole cluster read as zeros (zero=true) or discards it.
@@ -614,6 +697,7 @@ Status Qcow2Image::ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap)
   StoreBE64(ent, new_raw);
   if (ext) StoreBE64(ent + 8, new_bitmap);
   l2_cache_->MarkDirty(slice);
+  NoteL2ChangeLocked(slice, ent);
   l2_cache_->Release(slice);
   if (!keep_host) FreeOldLocked(raw, !zero || unmap);
   return Status::OK();
@@ -654,6 +738,19 @@ Status Qcow2Image::Discard(uint64_t offset, uint64_t len) {
   return Status::OK();
 }
 
+Status Qcow2Image::PunchClusters(std::vector<uint64_t> clusters) {
+  // Adjacent discarded clusters are punched as one range (one fallocate per
+  // run, not per cluster).
+  std::sort(clusters.begin(), clusters.end());
+  for (size_t i = 0; i < clusters.size();) {
+    size_t j = i + 1;
+    while (j < clusters.size() && clusters[j] == clusters[j - 1] + cluster_size_) j++;
+    QCOW2J_RETURN_IF_ERROR(data_file_->PunchHole(clusters[i], (j - i) * cluster_size_));
+    i = j;
+  }
+  return Status::OK();
+}
+
 Status Qcow2Image::WriteL1Locked() {
   // Write whole 512-byte sectors of the L1 table around each dirty entry.
   uint64_t l1_offset = header_.l1_table_offset;
@@ -685,6 +782,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
   flush_gen_drained_ = generation;  // writes completed from here on need the next flush
   Status s = [&]() -> Status {
     QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked(lk));
+    if (journal_on_) return JournalFlushLocked();
     bool meta = refcounts_->dirty() || l2_cache_->dirty_count() || !l1_dirty_.empty() ||
                 !decrements_.empty();
     if (!meta) return data_file_->Sync();
@@ -710,15 +808,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
         if (d.punch) punch.push_back(d.host);
       }
     }
-    // Adjacent discarded clusters are punched as one range (one fallocate
-    // per run, not per cluster).
-    std::sort(punch.begin(), punch.end());
-    for (size_t i = 0; i < punch.size();) {
-      size_t j = i + 1;
-      while (j < punch.size() && punch[j] == punch[j - 1] + cluster_size_) j++;
-      QCOW2J_RETURN_IF_ERROR(file_->PunchHole(punch[i], (j - i) * cluster_size_));
-      i = j;
-    }
+    QCOW2J_RETURN_IF_ERROR(PunchClusters(std::move(punch)));
     // Freed clusters may be reused at once: nothing on disk references them,
     // and their (stale, higher) refcount on disk only means a leak until the
     // next flush writes the decrement.
@@ -753,6 +843,9 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
   }
   std::unique_lock<std::mutex> lk(meta_mu_);
   QCOW2J_RETURN_IF_ERROR(FlushLocked(lk));
+  // What follows writes in place in the journal-less order: the journal
+  // must hold nothing that replay could apply over it.
+  if (jwriter_) QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
   const uint64_t per_l1 = cluster_size_ << l2_bits_;
   const uint64_t need = (new_size + per_l1 - 1) / per_l1;
   uint8_t field[8];
@@ -842,9 +935,16 @@ Status Qcow2Image::Close() {
   if (!read_only_ && writer_ready_ && failed_.ok()) {
     std::unique_lock<std::mutex> lk(meta_mu_);
     s = FlushLocked(lk);
-    // The decrements the flush applied last are written too, so a closed
-    // image has no leaks.
-    if (s.ok() && refcounts_->dirty()) {
+    if (journal_on_) {
+      // Commit what is left (a transaction too large for the ring was
+      // written in place instead and left its decrements queued), write
+      // everything in place, and close the journal: plain qcow2 again.
+      for (int i = 0; i < 3 && s.ok() && !decrements_.empty(); i++) s = FlushLocked(lk);
+      if (s.ok() && jwriter_) s = CheckpointLocked();
+      if (s.ok() && jwriter_) s = EndJournalSessionLocked(/*refcounts_clean=*/true);
+    } else if (s.ok() && refcounts_->dirty()) {
+      // The decrements the flush applied last are written too, so a closed
+      // image has no leaks.
       s = refcounts_->WriteBack();
       if (s.ok()) s = file_->Sync();
     }

@@ -232,6 +232,13 @@ class Scanner {
     if (h_.incompatible_features & kIncompatDirty) {
       Problem("header", 72, "Note: the dirty bit (incompatible bit 0) is set", false, false);
     }
+    if (h_.incompatible_features & kIncompatJournal) {
+      Problem("header", 72,
+              "Note: the journal bit (incompatible bit 16) is set: the qcow2j journal holds "
+              "transactions not yet written in place; open the image read-write, or check -r, "
+              "to replay them",
+              false, false);
+    }
   }
 
   // ---- refcounts on disk ----
@@ -588,6 +595,11 @@ class Scanner {
     }
     const uint64_t off = LoadBE64(h_.journal->data());
     const uint64_t size = LoadBE64(h_.journal->data() + 8);
+    // An idle journal has no area. An area is live (referenced) only while
+    // the journal bit is set; a clean close frees it in the same header
+    // write that clears the bit.
+    if (off == 0 && size == 0) return;
+    if (!(h_.incompatible_features & kIncompatJournal)) return;
     if ((off & (cs_ - 1)) || off == 0) {
       Problem("journal", off, "ERROR qcow2j journal area offset " + HexStr(off) +
                                   " is not a cluster aligned offset after the header");

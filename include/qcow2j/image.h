@@ -83,6 +83,8 @@ struct ImageInfo {
   bool dirty = false;
   bool extended_l2 = false;
   bool journal = false;             // the qcow2j journal extension is present
+  bool journal_dirty_refcounts = false;  // its dirty-refcount mode (refcounts rebuilt after a crash)
+  bool journal_pending = false;     // incompatible bit 16: transactions not yet checkpointed
   std::string backing_file;         // as stored in the image
   std::string full_backing_file;    // resolved against the image's folder
   std::string backing_format;

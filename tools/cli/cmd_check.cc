@@ -10,6 +10,7 @@
 #include <string>
 
 #include "qcow2j/check.h"
+#include "qcow2j/image.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/json_writer.h"
 
@@ -107,6 +108,16 @@ JsonValue ToJson(const CheckReport& r) {
 
 }  // namespace
 
+// Whether incompatible bit 16 (qcow2j journal) is set in the header.
+static bool JournalPending(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  unsigned char b[80] = {};
+  bool ok = std::fread(b, 1, sizeof b, f) == sizeof b;
+  std::fclose(f);
+  return ok && (b[77] & 0x01);  // bit 16 of the big-endian field at 72
+}
+
 int CmdCheck(int argc, char** argv) {
   std::string fmt, output = "human";
   bool quiet = false;
@@ -169,6 +180,27 @@ int CmdCheck(int argc, char** argv) {
     return 63;
   }
   opts.on_message = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  if (opts.repair != RepairMode::kNone && JournalPending(path)) {
+    // Committed journal transactions first: the tables on disk are stale
+    // until they are replayed (a read-write open does it, then closes the
+    // journal). Only then is there anything to check.
+    OpenOptions oo;
+    oo.read_only = false;
+    oo.format = "qcow2";
+    auto img = Image::Open(path, oo);
+    if (!img.ok()) {
+      PrintErrorF("Could not replay the journal of '%s': %s", path.c_str(),
+                  img.status().message().c_str());
+      return 1;
+    }
+    const std::string report = (*img)->Info().recovery_report;
+    Status cs = (*img)->Close();
+    if (!cs.ok()) {
+      PrintErrorF("Could not replay the journal of '%s': %s", path.c_str(), cs.message().c_str());
+      return 1;
+    }
+    if (!quiet && !report.empty()) std::fprintf(stderr, "Recovery: %s\n", report.c_str());
+  }
   auto result = CheckImage(path, opts);
   if (!result.ok()) {
     const Status& s = result.status();

@@ -54,7 +54,12 @@ JsonValue FormatSpecificData(const ImageInfo& info) {
   }
   // Our own field; printed only when the extension exists so that plain
   // images print exactly what qemu-img prints.
-  if (info.journal) d.Set("journal", true);
+  if (info.journal) {
+    d.Set("journal", true);
+    if (info.journal_dirty_refcounts) d.Set("journal-refcounts", "dirty");
+    if (info.journal_pending) d.Set("journal-pending", true);
+  }
+  if (!info.recovery_report.empty()) d.Set("recovery", info.recovery_report);
   return d;
 }
 

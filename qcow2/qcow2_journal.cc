@@ -1,0 +1,408 @@
+// The engine's side of the metadata journal: sessions, commit, checkpoint
+// and replay. The format is docs/journal-format.md; why each ordering is
+// safe is docs/crash-safety.md ("With the journal").
+//
+// A session starts at the first commit of a read-write open: an area is
+// allocated (append), formatted, and the header gets the extension pointing
+// at it plus the incompatible bit "journal" (QEMU then refuses the image)
+// and the autoclear bit "journal valid". A flush commits one transaction
+// holding the final values of every L2 entry, L1 entry and refcount changed
+// since the last commit, and XXH64 checksums of the data those entries
+// expose, and syncs once: the data and the transaction become durable
+// together, and recovery drops the last transaction if its data did not
+// land. The tables themselves stay dirty in the caches until a checkpoint
+// writes them in place and empties the ring. A clean close checkpoints,
+// frees the area and clears both bits: the file is plain qcow2 again.
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "metadata/endian.h"
+#include "metadata/hex.h"
+#include "qcow2/qcow2_image.h"
+#include "recovery/journal_replay.h"
+
+namespace qcow2j {
+namespace {
+
+constexpr uint64_t kJournalAreaBytes = 8ull << 20;
+// Past these the open transaction is committed with a data sync first
+// instead of carrying checksums.
+constexpr size_t kMaxChecksumRanges = 1u << 16;
+constexpr uint64_t kMaxChecksumBytes = 256ull << 20;
+// Encoded size bounds used to decide whether a transaction fits the ring.
+constexpr uint64_t kRecordBytesBound = 48;
+
+}  // namespace
+
+Status Qcow2Image::RewriteHeader() {
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, SerializeHeader(header_));
+  return file_->Write(0, bytes.data(), bytes.size());
+}
+
+void Qcow2Image::NoteChecksumLocked(uint64_t host, uint64_t len, uint64_t hash) {
+  if (!jsums_ok_ || len == 0) return;
+  if (jsums_.size() >= kMaxChecksumRanges || jsum_bytes_ + len > kMaxChecksumBytes) {
+    NoteDataLossLocked();
+    return;
+  }
+  auto next = jsums_.lower_bound(host);
+  if (next != jsums_.end() && next->first == host && next->second.len == len &&
+      next->second.hash == hash)
+    return;  // the same bytes again (a reader and a flush both filled a COW range)
+  bool overlap = next != jsums_.end() && next->first < host + len;
+  if (next != jsums_.begin()) {
+    auto prev = std::prev(next);
+    overlap |= prev->first + prev->second.len > host;
+  }
+  if (overlap) {
+    // Two writes to the same bytes in one transaction: the first one's
+    // checksum no longer holds. Fall back to syncing the data first.
+    NoteDataLossLocked();
+    return;
+  }
+  jsums_.emplace(host, SumRange{host, len, hash});
+  jsum_bytes_ += len;
+}
+
+bool Qcow2Image::OverlapsUnconfirmedLocked(uint64_t host, uint64_t len) const {
+  if (junconfirmed_.empty()) return false;
+  auto next = junconfirmed_.lower_bound(host);
+  if (next != junconfirmed_.end() && next->first < host + len) return true;
+  if (next == junconfirmed_.begin()) return false;
+  auto prev = std::prev(next);
+  return prev->first + prev->second.len > host;
+}
+
+Status Qcow2Image::StartJournalSessionLocked() {
+  JournalExtension ext = *jext_;
+  ext.area_size = std::max<uint64_t>(kJournalAreaBytes, 4 * cluster_size_);
+  ext.sector_size = file_->alignment() > 512 ? 4096 : 512;
+  QCOW2J_ASSIGN_OR_RETURN(ext.area_offset, refcounts_->Allocate(ext.area_size >> cluster_bits_));
+  QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, cluster_bits_));
+  QCOW2J_ASSIGN_OR_RETURN(JournalSuperblock sb, FormatJournal(file_.get(), ext));
+  // From here on QEMU refuses the image until a clean close (or recovery)
+  // clears the bit; in dirty-refcount mode the dirty bit says the refcounts
+  // on disk may be stale.
+  header_.journal = EncodeJournalExtension(ext);
+  header_.incompatible_features |= kIncompatJournal;
+  if (jdirty_refcounts_) header_.incompatible_features |= kIncompatDirty;
+  header_.autoclear_features |= kAutoclearJournalValid;
+  QCOW2J_RETURN_IF_ERROR(RewriteHeader());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  jext_ = ext;
+  jwriter_ = std::make_unique<JournalWriter>(file_.get(), ext, sb);
+  return Status::OK();
+}
+
+Status Qcow2Image::ConfirmLocked() {
+  if (junconfirmed_.empty() || !jwriter_) return Status::OK();
+  TransactionBuilder b;
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> frame,
+                          b.Finish(jwriter_->next_sequence(), jwriter_->synced_through(),
+                                   jwriter_->generation(), jwriter_->sector_size()));
+  if (!jwriter_->Fits(frame.size())) return CheckpointLocked();  // the tail move confirms too
+  uint64_t at = 0;
+  QCOW2J_RETURN_IF_ERROR(jwriter_->Append(frame, &at));
+  QCOW2J_RETURN_IF_ERROR(jwriter_->Sync());
+  junconfirmed_.clear();
+  jcommits_++;
+  return Status::OK();
+}
+
+Status Qcow2Image::CheckpointLocked() {
+  // In-place writes may cover bytes that the last transaction's checksums
+  // describe (a copied L2 table): confirm it first, or a crash before the
+  // tail moves would make recovery drop an acknowledged transaction.
+  if (jwriter_ && !junconfirmed_.empty()) {
+    TransactionBuilder b;
+    QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> frame,
+                            b.Finish(jwriter_->next_sequence(), jwriter_->synced_through(),
+                                     jwriter_->generation(), jwriter_->sector_size()));
+    uint64_t at = 0;
+    if (jwriter_->Fits(frame.size())) {
+      QCOW2J_RETURN_IF_ERROR(jwriter_->Append(frame, &at));
+      QCOW2J_RETURN_IF_ERROR(jwriter_->Sync());
+    } else {
+      // No room even for an empty frame: the data itself must be durable
+      // before anything is overwritten in place.
+      QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+    }
+    junconfirmed_.clear();
+  }
+  // Like the flush without a journal: refcounts (and the data) first, then
+  // the tables that reference them. Whatever is written here either was
+  // committed already (replay rewrites the same values) or, when a
+  // transaction was too large for the ring, follows the journal-less order.
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
+  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
+  QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
+  // Everything is in place: nothing left to journal.
+  refcounts_->ForgetChanges();
+  jl2_.clear();
+  jl1_.clear();
+  jnew_tables_.clear();
+  jnew_hosts_.clear();
+  jsums_.clear();
+  jsum_bytes_ = 0;
+  jsums_ok_ = true;
+  jcheckpoints_++;
+  return Status::OK();
+}
+
+Status Qcow2Image::JournalFlushLocked() {
+  const bool meta = !jl2_.empty() || !jl1_.empty() || refcounts_->has_changes() ||
+                    !decrements_.empty() || !jnew_tables_.empty();
+  if (!meta) {
+    if (data_file_ != file_.get()) return data_file_->Sync();
+    return file_->Sync();
+  }
+  if (!jwriter_) QCOW2J_RETURN_IF_ERROR(StartJournalSessionLocked());
+
+  // Too large for the ring (a bounded estimate): write everything in place
+  // instead, in the order that is safe without a journal.
+  const bool with_sums = jsums_ok_ && JournalChecksums();
+  uint64_t estimate = 2 * kJournalFrameHeaderBytes;
+  for (const JournalRecord& r : jnew_tables_) estimate += EncodedRecordBytes(r);
+  estimate += kRecordBytesBound * (jl1_.size() + jl2_.size() + (with_sums ? jsums_.size() : 0));
+  if (!jdirty_refcounts_) estimate += kRecordBytesBound * (decrements_.size() + refcounts_->change_count() + 2);
+  if (estimate > jwriter_->free_bytes()) {
+    QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+    return Status::OK();  // decrements stay queued for the next transaction
+  }
+
+  // The references dropped by this transaction go in the same transaction:
+  // replay applies both or neither.
+  std::vector<Decrement> dec;
+  dec.swap(decrements_);
+  std::vector<uint64_t> punch;
+  for (const Decrement& d : dec) {
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
+    if (rc == 0) {
+      l2_epoch_++;
+      for (uint64_t off = d.host; off < d.host + cluster_size_; off += slice_bytes_) l2_cache_->Erase(off);
+      if (d.punch) punch.push_back(d.host);
+      // Nothing references the cluster after this transaction: its bytes
+      // need no checksum (and may be punched or reused right after).
+      for (auto it = jsums_.lower_bound(d.host); it != jsums_.end() && it->first < d.host + cluster_size_;)
+        it = jsums_.erase(it);
+    }
+  }
+
+  // Records, in replay order: new L2 tables (zeroed first), L1 entries, L2
+  // entries, then refcounts (table moves and new blocks before the counts).
+  std::vector<JournalRecord> recs;
+  recs.reserve(jnew_tables_.size() + jl1_.size() + jsums_.size() + 8);
+  for (const JournalRecord& r : jnew_tables_) recs.push_back(r);
+  for (uint64_t idx : jl1_)
+    recs.push_back(L1Update{header_.l1_table_offset, static_cast<uint32_t>(idx), l1_[idx]});
+  const bool ext = header_.extended_l2();
+  for (auto it = jl2_.begin(); it != jl2_.end();) {
+    uint64_t table = *it & ~(cluster_size_ - 1);
+    uint64_t slice_off = *it & ~uint64_t{slice_bytes_ - 1};
+    TableCache::Table* slice = l2_cache_->Get(slice_off);
+    if (!slice) {  // the table was freed meanwhile: its entries do not matter
+      ++it;
+      continue;
+    }
+    L2Update u;
+    u.table_offset = table;
+    u.first_index = static_cast<uint32_t>((*it - table) / l2_entry_bytes_);
+    u.extended = ext;
+    uint64_t expect = *it;
+    while (it != jl2_.end() && *it == expect && (*it & ~uint64_t{slice_bytes_ - 1}) == slice_off) {
+      const uint8_t* e = slice->data() + (*it - slice_off);
+      u.entries.push_back(LoadBE64(e));
+      if (ext) u.entries.push_back(LoadBE64(e + 8));
+      expect += l2_entry_bytes_;
+      ++it;
+    }
+    l2_cache_->Release(slice);
+    recs.push_back(std::move(u));
+  }
+  if (with_sums)
+    for (auto& [host, r] : jsums_) recs.push_back(DataChecksum{r.host, r.len, r.hash});
+  if (!jdirty_refcounts_) QCOW2J_RETURN_IF_ERROR(refcounts_->JournalRecords(&recs));
+  TransactionBuilder b;
+  for (const JournalRecord& r : recs) QCOW2J_RETURN_IF_ERROR(b.Add(r));
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> frame,
+                          b.Finish(jwriter_->next_sequence(), jwriter_->synced_through(),
+                                   jwriter_->generation(), jwriter_->sector_size()));
+  // Without checksums the data must be durable before the transaction is.
+  // (Copied L2 tables live in the image file even with a data file.)
+  if (!with_sums || data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  if (!with_sums && data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  // Clusters allocated at the end but never written must lie inside the
+  // file before anything points at them (a reader past EOF would fail).
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
+  uint64_t at = 0;
+  QCOW2J_RETURN_IF_ERROR(jwriter_->Append(frame, &at));
+  QCOW2J_RETURN_IF_ERROR(jwriter_->Sync());  // the one sync: data, transaction, file size
+  jcommits_++;
+  // Until here a failure left every change tracked: a retry commits it all.
+  refcounts_->ForgetChanges();
+
+  // Committed. The freed clusters may be reused, and holes punched.
+  refcounts_->ReleasePendingFrees();
+  QCOW2J_RETURN_IF_ERROR(PunchClusters(std::move(punch)));
+  jl2_.clear();
+  jl1_.clear();
+  jnew_tables_.clear();
+  jnew_hosts_.clear();
+  if (with_sums) {
+    junconfirmed_.swap(jsums_);
+  } else {
+    junconfirmed_.clear();  // synced_through covers the previous one now
+  }
+  jsums_.clear();
+  jsum_bytes_ = 0;
+  jsums_ok_ = true;
+
+  // Checkpoint once the ring is half full, or the caches hold far more dirty
+  // tables than their capacity (they cannot evict dirty ones).
+  const bool ring_full = jwriter_->free_bytes() < jext_->ring_bytes() / 2;
+  const bool cache_full = l2_cache_->dirty_count() > l2_cache_->capacity() ||
+                          refcounts_->dirty_blocks() > refcounts_->cache_capacity();
+  if (ring_full || cache_full) QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+  return Status::OK();
+}
+
+Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
+  // The ring is empty (CheckpointLocked ran). Free the area, then clear the
+  // bits and the area in one header write: a crash before that write leaves
+  // an empty journal that recovery closes the same way.
+  if (jext_->has_area()) {
+    QCOW2J_RETURN_IF_ERROR(
+        refcounts_->ReplaySet(jext_->area_offset >> cluster_bits_, jext_->area_size >> cluster_bits_, 0));
+    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    refcounts_->ForgetChanges();
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  }
+  const JournalExtension area = *jext_;
+  JournalExtension idle = *jext_;
+  idle.area_offset = 0;
+  idle.area_size = 0;
+  header_.journal = EncodeJournalExtension(idle);
+  header_.incompatible_features &= ~kIncompatJournal;
+  // Dirty-refcount mode: every refcount was just written in place (unless
+  // recovery is closing the journal of a crashed session: then the dirty
+  // bit stays for the refcount rebuild).
+  if (refcounts_clean) header_.incompatible_features &= ~kIncompatDirty;
+  header_.autoclear_features &= ~kAutoclearJournalValid;
+  QCOW2J_RETURN_IF_ERROR(RewriteHeader());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  jext_ = idle;
+  jwriter_.reset();
+  junconfirmed_.clear();
+  if (area.has_area()) {
+    // Give the space back: the area was mostly written ring.
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+    if (area.area_offset + area.area_size >= size && area.area_offset + area.area_size >= refcounts_->end_offset()) {
+      QCOW2J_RETURN_IF_ERROR(file_->Truncate(area.area_offset));
+    } else {
+      Status s = file_->PunchHole(area.area_offset, area.area_size);
+      if (!s.ok() && s.code() != Code::kNotSupported) return s;
+    }
+  }
+  return Status::OK();
+}
+
+Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
+  if (const auto* u = std::get_if<L2Update>(&rec)) {
+    if (u->extended != header_.extended_l2())
+      return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
+                                (u->extended ? " uses" : " does not use") +
+                                " extended entries, unlike the image");
+    if (u->table_offset == 0 || (u->table_offset & (cluster_size_ - 1)) ||
+        uint64_t{u->first_index} + u->count() > (1ull << l2_bits_))
+      return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
+                                " entries " + std::to_string(u->first_index) + "+" +
+                                std::to_string(u->count()) + " is outside an L2 table");
+    for (uint32_t i = 0; i < u->count(); i++) {
+      uint64_t off = u->table_offset + (uint64_t{u->first_index} + i) * l2_entry_bytes_;
+      uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+      QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_off, file_.get()));
+      uint8_t* e = t->data() + (off - slice_off);
+      StoreBE64(e, u->entries[u->extended ? 2 * i : i]);
+      if (u->extended) StoreBE64(e + 8, u->entries[2 * i + 1]);
+      l2_cache_->MarkDirty(t);
+      l2_cache_->Release(t);
+    }
+    return Status::OK();
+  }
+  if (const auto* u = std::get_if<L1Update>(&rec)) {
+    if (u->table_offset != header_.l1_table_offset || u->index >= l1_.size())
+      return Status::Corruption("journal: L1 update of entry " + std::to_string(u->index) +
+                                " in table " + Hex(u->table_offset) + " does not match the L1 table at " +
+                                Hex(header_.l1_table_offset) + " (" + std::to_string(l1_.size()) +
+                                " entries)");
+    l1_[u->index] = u->value;
+    l1_dirty_.insert(u->index);
+    return Status::OK();
+  }
+  if (const auto* n = std::get_if<NewTable>(&rec)) {
+    if (n->host_offset == 0 || (n->host_offset & (cluster_size_ - 1)))
+      return Status::Corruption("journal: new table at " + Hex(n->host_offset) + " is not cluster aligned");
+    if (n->kind == JournalTableKind::kRefcountBlock)
+      return refcounts_ ? refcounts_->ReplayNewBlock(n->host_offset) : Status::OK();
+    return l2_cache_->ZeroTables(n->host_offset, cluster_size_);
+  }
+  // Refcounts matter only to a writer (and not at all in dirty-refcount
+  // mode, where they are rebuilt).
+  if (!refcounts_ || jdirty_refcounts_) return Status::OK();
+  if (const auto* u = std::get_if<RefcountUpdate>(&rec)) return refcounts_->ReplaySet(u->cluster_index, 1, u->value);
+  if (const auto* u = std::get_if<RefcountRun>(&rec))
+    return refcounts_->ReplaySet(u->first_cluster, u->count, u->value);
+  if (const auto* u = std::get_if<RefcountTableUpdate>(&rec))
+    return refcounts_->ReplayTableEntry(u->index, u->block_offset);
+  if (const auto* u = std::get_if<HeaderUpdate>(&rec)) {
+    if (u->offset != 48 || u->bytes.size() != 12)
+      return Status::Corruption("journal: header update of bytes " + std::to_string(u->offset) + "+" +
+                                std::to_string(u->bytes.size()) + " is not supported");
+    return refcounts_->ReplayTableMove(LoadBE64(u->bytes.data()), LoadBE32(u->bytes.data() + 8));
+  }
+  return Status::OK();  // DataChecksum: used when reading, nothing to apply
+}
+
+Status Qcow2Image::ReplayJournal() {
+  if (!jext_ || !(header_.incompatible_features & kIncompatJournal) || snapshot_index_ >= 0)
+    return Status::OK();
+  std::string report;
+  if (jext_->has_area()) {
+    auto plan = ReadJournalForReplay(file_.get(), data_file_, *jext_);
+    if (!plan.ok())
+      return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
+                                    "rebuilds the metadata without it");
+    for (const JournalTransaction& t : plan->kept)
+      for (const JournalRecord& r : t.records)
+        QCOW2J_RETURN_IF_ERROR(ApplyJournalRecord(r).Annotate(
+            "image '" + path_ + "': replaying journal transaction " + std::to_string(t.sequence)));
+    report = DescribeReplay(*plan);
+    if (!(header_.autoclear_features & kAutoclearJournalValid))
+      report += " (the journal-valid bit was clear; replayed because the journal bit was set)";
+  } else {
+    report = "journal: the journal bit was set but no area was allocated; nothing to replay";
+  }
+  if (read_only_) {
+    recovery_report_ = report + " in memory (read-only open; the image is unchanged)";
+    return Status::OK();
+  }
+  // Write the result in place and close the journal as a clean close would.
+  // A crash meanwhile leaves the bit set: replay is idempotent.
+  const bool was_dirty = header_.incompatible_features & kIncompatDirty;
+  QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+  QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty));
+  recovery_report_ = report;
+  return Status::OK();
+}
+
+}  // namespace qcow2j

@@ -1,0 +1,327 @@
+// The metadata journal in the engine: one sync per guest flush, a few
+// hundred bytes of metadata per allocating write, QEMU locked out while
+// transactions are not checkpointed, replay (read-only in memory, read-write
+// in place), dropping an unconfirmed transaction whose data did not land,
+// dirty-refcount mode, and a cleanly closed image that is plain qcow2.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <vector>
+
+#include "metadata/header.h"
+#include "qcow2j/image.h"
+#include "tests/util/test_util.h"
+
+namespace qcow2j {
+namespace {
+
+struct Counters {
+  std::atomic<uint64_t> syncs{0};
+  std::atomic<uint64_t> bytes_written{0};
+};
+
+// Counts syncs and written bytes of every file it opens.
+class CountingFile final : public File {
+ public:
+  CountingFile(std::unique_ptr<File> f, Counters* c) : f_(std::move(f)), c_(c) {}
+  Status Read(uint64_t o, void* b, size_t n) override { return f_->Read(o, b, n); }
+  Status Write(uint64_t o, const void* b, size_t n) override {
+    c_->bytes_written += n;
+    return f_->Write(o, b, n);
+  }
+  Status Readv(uint64_t o, std::span<const iovec> v) override { return f_->Readv(o, v); }
+  Status Writev(uint64_t o, std::span<const iovec> v) override {
+    for (const iovec& x : v) c_->bytes_written += x.iov_len;
+    return f_->Writev(o, v);
+  }
+  Status Sync() override {
+    c_->syncs++;
+    return f_->Sync();
+  }
+  Result<uint64_t> Size() override { return f_->Size(); }
+  Status Truncate(uint64_t s) override { return f_->Truncate(s); }
+  Status Allocate(uint64_t o, uint64_t l, bool k) override { return f_->Allocate(o, l, k); }
+  Status ZeroRange(uint64_t o, uint64_t l) override { return f_->ZeroRange(o, l); }
+  Status PunchHole(uint64_t o, uint64_t l) override { return f_->PunchHole(o, l); }
+  Result<uint64_t> AllocatedBytes() override { return f_->AllocatedBytes(); }
+  Result<Run> ProbeRun(uint64_t o, uint64_t m) override { return f_->ProbeRun(o, m); }
+  size_t alignment() const override { return f_->alignment(); }
+  bool direct() const override { return f_->direct(); }
+
+ private:
+  std::unique_ptr<File> f_;
+  Counters* c_;
+};
+
+class CountingEnv final : public Env {
+ public:
+  Result<std::unique_ptr<File>> Open(const std::string& path, unsigned flags) override {
+    QCOW2J_ASSIGN_OR_RETURN(auto f, Env::Default()->Open(path, flags));
+    return std::unique_ptr<File>(new CountingFile(std::move(f), &counters));
+  }
+  bool Exists(const std::string& p) override { return Env::Default()->Exists(p); }
+  Status Remove(const std::string& p) override { return Env::Default()->Remove(p); }
+  Counters counters;
+};
+
+std::unique_ptr<Image> OpenRw(const std::string& path, Env* env = nullptr) {
+  OpenOptions o;
+  o.read_only = false;
+  o.env = env;
+  auto img = Image::Open(path, o);
+  EXPECT_TRUE(img.ok()) << img.status().ToString();
+  return img.ok() ? std::move(img).value() : nullptr;
+}
+
+std::unique_ptr<Image> OpenRo(const std::string& path) {
+  OpenOptions o;
+  o.read_only = true;
+  auto img = Image::Open(path, o);
+  EXPECT_TRUE(img.ok()) << img.status().ToString();
+  return img.ok() ? std::move(img).value() : nullptr;
+}
+
+void Create(const std::string& path, uint64_t size, bool journal = true, bool lazy = false) {
+  CreateOptions c;
+  c.size = size;
+  c.journal = journal;
+  c.lazy_refcounts = lazy;
+  Status s = Image::Create(path, c);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+}
+
+void WritePattern(Image* img, uint64_t off, size_t len, uint8_t v) {
+  std::vector<uint8_t> b(len, v);
+  Status s = img->Write(off, b.data(), b.size());
+  ASSERT_TRUE(s.ok()) << s.ToString();
+}
+
+// qemu-io reads every (offset, len, pattern) back.
+void ExpectQemuReads(const std::string& path,
+                     const std::vector<std::tuple<uint64_t, uint64_t, int>>& reads) {
+  std::string cmd = "qemu-io -r -f qcow2";
+  for (auto [off, len, p] : reads)
+    cmd += " -c 'read -P " + std::to_string(p) + " " + std::to_string(off) + " " + std::to_string(len) + "'";
+  auto r = test::Run(cmd + " " + test::Quote(path));
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.out.find("Pattern verification failed"), std::string::npos) << r.out;
+}
+
+void ExpectQemuClean(const std::string& path) {
+  auto r = test::Run("qemu-img check " + test::Quote(path));
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+}
+
+uint64_t Incompatible(const std::string& path) { return test::PeekBe64(path, 72); }
+uint64_t Autoclear(const std::string& path) { return test::PeekBe64(path, 88); }
+
+// A copy of the file as it is now, taken while the image is still open:
+// what a power cut right after the last flush would leave.
+std::string CrashCopy(const std::string& path, const std::string& name) {
+  std::string to = std::filesystem::path(path).parent_path() / name;
+  std::filesystem::copy_file(path, to, std::filesystem::copy_options::overwrite_existing);
+  return to;
+}
+
+TEST(JournalEngineTest, OneSyncPerGuestFlushAndLittleMetadata) {
+  test::TempDir dir;
+  for (bool journal : {true, false}) {
+    SCOPED_TRACE(journal ? "journal" : "no journal");
+    std::string img = dir.Path(journal ? "j.qcow2" : "nj.qcow2");
+    Create(img, 1ull << 30, journal);
+    CountingEnv env;
+    auto image = OpenRw(img, &env);
+    ASSERT_TRUE(image);
+    // The first allocating flush starts the journal session (area, header).
+    WritePattern(image.get(), 0, 4096, 1);
+    ASSERT_TRUE(image->Flush().ok());
+    const uint64_t syncs0 = env.counters.syncs, bytes0 = env.counters.bytes_written;
+    constexpr int kFlushes = 150;
+    for (int i = 1; i <= kFlushes; i++) {
+      WritePattern(image.get(), uint64_t(i) * 65536, 4096, static_cast<uint8_t>(i));
+      ASSERT_TRUE(image->Flush().ok());
+    }
+    const double syncs = double(env.counters.syncs - syncs0) / kFlushes;
+    const double bpb = double(env.counters.bytes_written - bytes0) / (kFlushes * 4096.0);
+    if (journal) {
+      EXPECT_LE(syncs, 1.0) << "syncs per flush";
+      EXPECT_LE(bpb, 1.5) << "bytes written per guest byte";
+      EXPECT_NE(Incompatible(img) & kIncompatJournal, 0u) << "open session: QEMU must be locked out";
+    } else {
+      EXPECT_GE(syncs, 2.0) << "the journal-less flush orders with two syncs";
+    }
+    ASSERT_TRUE(image->Close().ok());
+    EXPECT_EQ(Incompatible(img) & kIncompatJournal, 0u);
+    EXPECT_EQ(Autoclear(img) & kAutoclearJournalValid, 0u);
+    ExpectQemuClean(img);
+    ExpectQemuReads(img, {{0, 4096, 1}, {65536, 4096, 1}, {kFlushes * 65536ull, 4096, kFlushes}});
+  }
+}
+
+TEST(JournalEngineTest, QemuRefusesAnImageWithUncheckpointedTransactions) {
+  test::TempDir dir;
+  std::string img = dir.Path("a.qcow2");
+  Create(img, 64 << 20);
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  WritePattern(image.get(), 0, 65536, 0x5a);
+  ASSERT_TRUE(image->Flush().ok());
+  std::string copy = CrashCopy(img, "copy.qcow2");
+  auto r = test::Run("qemu-img info " + test::Quote(copy));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE((r.out + r.err).find("qcow2j journal"), std::string::npos)
+      << "QEMU names the feature from the feature-name table: " << r.out << r.err;
+  ASSERT_TRUE(image->Close().ok());
+  ExpectQemuClean(img);
+}
+
+TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) {
+  test::TempDir dir;
+  std::string img = dir.Path("a.qcow2");
+  Create(img, 1ull << 30);
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  WritePattern(image.get(), 0, 3 * 65536, 0x11);
+  WritePattern(image.get(), 700ull << 20, 12345, 0x22);  // another L2 table
+  ASSERT_TRUE(image->Flush().ok());
+  ASSERT_TRUE(image->Discard(65536, 65536).ok());
+  WritePattern(image.get(), 5 << 20, 8192, 0x33);
+  ASSERT_TRUE(image->WriteZeroes(2 * 65536, 65536, false).ok());
+  ASSERT_TRUE(image->Flush().ok());
+  std::string crashed = CrashCopy(img, "crashed.qcow2");
+  std::string unreplayed = CrashCopy(img, "unreplayed.qcow2");
+  ASSERT_TRUE(image->Close().ok());
+
+  // The tables in place are stale: without replay the data is not there.
+  test::PokeBe64(unreplayed, 72, Incompatible(unreplayed) & ~kIncompatJournal);
+  auto stale = test::Run("qemu-io -r -f qcow2 -c 'read -P 0x33 5M 8k' " + test::Quote(unreplayed));
+  EXPECT_NE(stale.out.find("Pattern verification failed"), std::string::npos)
+      << "the data must live only in the journal until a checkpoint: " << stale.out;
+
+  const std::vector<std::tuple<uint64_t, uint64_t, int>> expect = {
+      {0, 65536, 0x11}, {65536, 65536, 0}, {2 * 65536, 65536, 0}, {700ull << 20, 12345, 0x22},
+      {5 << 20, 8192, 0x33}};
+  {
+    auto ro = OpenRo(crashed);
+    ASSERT_TRUE(ro);
+    EXPECT_NE(ro->Info().recovery_report.find("in memory"), std::string::npos)
+        << ro->Info().recovery_report;
+    for (auto [off, len, p] : expect) {
+      std::vector<uint8_t> b(len);
+      ASSERT_TRUE(ro->Read(off, b.data(), len).ok());
+      EXPECT_EQ(b, std::vector<uint8_t>(len, static_cast<uint8_t>(p))) << "offset " << off;
+    }
+  }
+  EXPECT_NE(Incompatible(crashed) & kIncompatJournal, 0u) << "a read-only open changes nothing";
+  {
+    auto rw = OpenRw(crashed);
+    ASSERT_TRUE(rw);
+    EXPECT_NE(rw->Info().recovery_report.find("journal: replayed 2 transactions"), std::string::npos)
+        << rw->Info().recovery_report;
+    ASSERT_TRUE(rw->Close().ok());
+  }
+  EXPECT_EQ(Incompatible(crashed) & kIncompatJournal, 0u);
+  ExpectQemuClean(crashed);
+  ExpectQemuReads(crashed, expect);
+  auto check = test::Run(test::Cli() + " check " + test::Quote(crashed));
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+}
+
+TEST(JournalEngineTest, UnconfirmedTransactionWhoseDataDidNotLandIsDropped) {
+  test::TempDir dir;
+  std::string img = dir.Path("a.qcow2");
+  Create(img, 64 << 20);
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  WritePattern(image.get(), 0, 65536, 0x41);
+  ASSERT_TRUE(image->Flush().ok());
+  WritePattern(image.get(), 8 << 20, 4096, 0x42);
+  ASSERT_TRUE(image->Flush().ok());  // the last transaction: not confirmed by a later one
+  std::string crashed = CrashCopy(img, "crashed.qcow2");
+  ASSERT_TRUE(image->Close().ok());
+
+  // Where the last write's data went, as the (replaying) map sees it.
+  auto map = test::Run(test::Cli() + " map --output=json " + test::Quote(crashed));
+  ASSERT_EQ(map.exit_code, 0) << map.err;
+  auto j = test::ParseJson(map.out);
+  ASSERT_TRUE(j);
+  uint64_t host = 0;
+  for (const test::Json& e : j->arr) {
+    const test::Json* start = e.Get("start");
+    const test::Json* offset = e.Get("offset");
+    if (start && offset && std::stoull(start->str) == (8u << 20)) host = std::stoull(offset->str);
+  }
+  ASSERT_NE(host, 0u) << map.out;
+  // The data never reached the disk (the sync that would have made it
+  // durable is the one the crash interrupted).
+  test::PokeBytes(crashed, host, std::string(4096, '\0'));
+
+  auto rw = OpenRw(crashed);
+  ASSERT_TRUE(rw);
+  const std::string rep = rw->Info().recovery_report;
+  EXPECT_NE(rep.find("replayed 1 transaction"), std::string::npos) << rep;
+  EXPECT_NE(rep.find("dropped 1 unconfirmed"), std::string::npos) << rep;
+  ASSERT_TRUE(rw->Close().ok());
+  ExpectQemuClean(crashed);
+  ExpectQemuReads(crashed, {{0, 65536, 0x41}, {8 << 20, 4096, 0}});
+}
+
+TEST(JournalEngineTest, DirtyRefcountModeRebuildsRefcountsAfterReplay) {
+  test::TempDir dir;
+  std::string img = dir.Path("a.qcow2");
+  Create(img, 256 << 20, /*journal=*/true, /*lazy=*/true);
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  WritePattern(image.get(), 0, 200000, 0x61);
+  WritePattern(image.get(), 100 << 20, 65536, 0x62);
+  ASSERT_TRUE(image->Flush().ok());
+  EXPECT_NE(Incompatible(img) & kIncompatDirty, 0u) << "refcounts on disk may be stale: dirty bit";
+  std::string crashed = CrashCopy(img, "crashed.qcow2");
+  ASSERT_TRUE(image->Close().ok());
+  EXPECT_EQ(Incompatible(img) & (kIncompatDirty | kIncompatJournal), 0u);
+  ExpectQemuClean(img);
+
+  auto rw = OpenRw(crashed);
+  ASSERT_TRUE(rw);
+  const std::string rep = rw->Info().recovery_report;
+  EXPECT_NE(rep.find("journal: replayed"), std::string::npos) << rep;
+  EXPECT_NE(rep.find("refcounts rebuilt"), std::string::npos) << rep;
+  WritePattern(rw.get(), 50 << 20, 4096, 0x63);
+  ASSERT_TRUE(rw->Close().ok());
+  ExpectQemuClean(crashed);
+  ExpectQemuReads(crashed, {{0, 200000, 0x61}, {100 << 20, 65536, 0x62}, {50 << 20, 4096, 0x63}});
+}
+
+TEST(JournalEngineTest, JournalOffImagesHaveNoExtensionAndQemuWrittenImagesStayUsable) {
+  test::TempDir dir;
+  std::string off = dir.Path("off.qcow2");
+  ASSERT_EQ(test::Run(test::Cli() + " create -q -f qcow2 -o journal=off " + test::Quote(off) + " 64M").exit_code, 0);
+  auto info = test::Run(test::Cli() + " info " + test::Quote(off));
+  EXPECT_EQ(info.out.find("journal"), std::string::npos) << info.out;
+
+  // A journal image, closed by us, written by QEMU (which clears the
+  // autoclear bits it does not know), then by us again.
+  std::string img = dir.Path("j.qcow2");
+  Create(img, 64 << 20);
+  {
+    auto image = OpenRw(img);
+    ASSERT_TRUE(image);
+    WritePattern(image.get(), 0, 65536, 0x71);
+    ASSERT_TRUE(image->Close().ok());
+  }
+  auto q = test::Run("qemu-io -f qcow2 -c 'write -P 0x72 1M 64k' " + test::Quote(img));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  {
+    auto image = OpenRw(img);
+    ASSERT_TRUE(image);
+    WritePattern(image.get(), 2 << 20, 65536, 0x73);
+    ASSERT_TRUE(image->Flush().ok());
+    ASSERT_TRUE(image->Close().ok());
+  }
+  ExpectQemuClean(img);
+  ExpectQemuReads(img, {{0, 65536, 0x71}, {1 << 20, 65536, 0x72}, {2 << 20, 65536, 0x73}});
+}
+
+}  // namespace
+}  // namespace qcow2j
