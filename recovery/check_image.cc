@@ -43,6 +43,11 @@ Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts
 
   ScanOptions so;
   so.on_message = opts.on_message;
+  auto progress_between = [&](double from, double to) -> std::function<void(double)> {
+    if (!opts.on_progress) return nullptr;
+    return [&opts, from, to](double f) { opts.on_progress(from + (to - from) * f); };
+  };
+  so.on_progress = progress_between(0, repair ? 50 : 100);
   QCOW2J_ASSIGN_OR_RETURN(auto first, ScanImage(file.get(), so));
   CheckReport report = first->report;
   report.filename = path;
@@ -71,6 +76,7 @@ Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts
   }
   if (!wrote) return report;
 
+  so.on_progress = progress_between(50, 100);
   QCOW2J_ASSIGN_OR_RETURN(auto final_pass, ScanImage(file.get(), so));
   CheckReport out = final_pass->report;
   out.filename = path;

@@ -674,8 +674,11 @@ class Scanner {
     items.reserve(l2_refs_.size());
     for (size_t i = 0; i < l2_refs_.size(); ++i) items.emplace_back(l2_refs_[i].offset, i);
     std::sort(items.begin(), items.end());
+    size_t done = 0;
     return ReadBatched(items, [&](uint64_t index, const uint8_t* p) {
       ProcessL2(l2_refs_[index], p);
+      // The L2 tables are the bulk of a pass: its progress is theirs.
+      if (opts_.on_progress) opts_.on_progress(static_cast<double>(++done) / items.size());
     });
   }
 

@@ -65,6 +65,8 @@ struct ScanOptions {
   // the refcounts a rebuilt structure must hold: the old one goes away).
   bool count_refcount_structures = true;
   std::function<void(const std::string&)> on_message;
+  // Called with the fraction (0..1] of the pass's L2 tables read so far.
+  std::function<void(double)> on_progress;
 };
 
 struct ScanResult {

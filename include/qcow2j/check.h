@@ -27,6 +27,10 @@ struct CheckOptions {
   // Called with every problem line as it is found (QEMU prints these on
   // stderr: "ERROR cluster 5 refcount=1 reference=2").
   std::function<void(const std::string& line)> on_message;
+  // Called with the percentage done (0..100) as the check goes (qemu-img's
+  // -p): the first pass is all of it without repair; with repair it is the
+  // first half and the double check the second.
+  std::function<void(double percent)> on_progress;
 };
 
 // One inconsistency: what is wrong and where.

@@ -25,6 +25,13 @@ Status ApplyCacheMode(const std::string& mode, OpenOptions* opts);
 // on failure.
 Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOptions& opts);
 
+// Opens an image at an internal snapshot given as qemu-img's -l takes it:
+// "snapshot.id=N", "snapshot.name=X", or a bare X (an id first, then a
+// name); "" opens the active image. The Status is the engine's (NotFound
+// when there is no such snapshot), without OpenImage's prefix.
+Result<std::unique_ptr<Image>> OpenImageAtSnapshot(const std::string& path, OpenOptions opts,
+                                                   const std::string& snapshot);
+
 // Restarts getopt for a fresh argv (commands parse their own options).
 void ResetGetopt();
 
@@ -39,6 +46,10 @@ int CmdBench(int argc, char** argv);
 int CmdIo(int argc, char** argv);
 int CmdCheck(int argc, char** argv);
 int CmdCrashtest(int argc, char** argv);
+int CmdCommit(int argc, char** argv);
+int CmdRebase(int argc, char** argv);
+int CmdAmend(int argc, char** argv);
+int CmdMeasure(int argc, char** argv);
 
 }  // namespace qcow2j::cli
 

@@ -46,6 +46,22 @@ Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOpti
   return r;
 }
 
+Result<std::unique_ptr<Image>> OpenImageAtSnapshot(const std::string& path, OpenOptions opts,
+                                                   const std::string& snapshot) {
+  if (snapshot.rfind("snapshot.id=", 0) == 0) {
+    opts.snapshot_id = snapshot.substr(12);
+  } else if (snapshot.rfind("snapshot.name=", 0) == 0) {
+    opts.snapshot_name = snapshot.substr(14);
+  } else if (!snapshot.empty()) {
+    opts.snapshot_id = snapshot;
+    auto r = Image::Open(path, opts);
+    if (r.ok() || r.status().code() != Code::kNotFound) return r;
+    opts.snapshot_id.clear();
+    opts.snapshot_name = snapshot;
+  }
+  return Image::Open(path, opts);
+}
+
 void ResetGetopt() {
   // glibc: optind = 0 re-initialises its internal state too.
   optind = 0;

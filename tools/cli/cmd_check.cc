@@ -13,6 +13,7 @@
 #include "qcow2j/image.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/json_writer.h"
+#include "tools/cli/progress.h"
 
 namespace qcow2j::cli {
 
@@ -120,7 +121,7 @@ static bool JournalPending(const std::string& path) {
 
 int CmdCheck(int argc, char** argv) {
   std::string fmt, output = "human";
-  bool quiet = false;
+  bool quiet = false, progress = false;
   CheckOptions opts;
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
                                  {"format", required_argument, nullptr, 'f'},
@@ -130,7 +131,7 @@ int CmdCheck(int argc, char** argv) {
                                  {nullptr, 0, nullptr, 0}};
   ResetGetopt();
   int c;
-  while ((c = getopt_long(argc, argv, ":hf:r:T:qU", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hf:r:T:pqU", kLong, nullptr)) != -1) {
     switch (c) {
       case 'f': fmt = optarg; break;
       case 'r':
@@ -145,10 +146,11 @@ int CmdCheck(int argc, char** argv) {
         break;
       case 'O': output = optarg; break;
       case 'q': quiet = true; break;
+      case 'p': progress = true; break;  // ours: qemu-img check has no -p
       case 'T': break;  // cache mode: the checker does its own I/O
       case 'U': break;  // the checker takes no lock
       case 'h':
-        std::printf("usage: qcow2j check [-r leaks|all] [--output=human|json] [-q] [-f fmt] [-U] "
+        std::printf("usage: qcow2j check [-r leaks|all] [--output=human|json] [-p] [-q] [-f fmt] [-U] "
                     "filename\n");
         return 0;
       case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
@@ -201,7 +203,13 @@ int CmdCheck(int argc, char** argv) {
     }
     if (!quiet && !report.empty()) std::fprintf(stderr, "Recovery: %s\n", report.c_str());
   }
+  // The bar and the JSON document would share stdout: -p is for humans.
+  Progress bar(progress && !quiet && output == "human", 1.0);
+  bar.Start();
+  opts.on_progress = [&bar](double p) { bar.Set(p); };
   auto result = CheckImage(path, opts);
+  bar.Set(100);
+  bar.End();
   if (!result.ok()) {
     const Status& s = result.status();
     if (s.code() == Code::kIOError || s.code() == Code::kAborted) {

@@ -1,5 +1,6 @@
 // qcow2j: the command line, compatible with qemu-img (info, map, create,
-// convert, compare, resize, snapshot, bench) and qemu-io (io).
+// convert, compare, resize, snapshot, bench, check, commit, rebase, amend,
+// measure) and qemu-io (io).
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -31,7 +32,16 @@ constexpr Command kCommands[] = {
      "bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [--no-drain] [-o offset] "
      "[--pattern=N] [-q] [-s size] [-S step] [-t cache] [-i aio] [-w] [-U] filename"},
     {"check", qcow2j::cli::CmdCheck,
-     "check [-r leaks|all] [--output=human|json] [-q] [-f fmt] [-U] filename"},
+     "check [-r leaks|all] [--output=human|json] [-p] [-q] [-f fmt] [-U] filename"},
+    {"commit", qcow2j::cli::CmdCommit,
+     "commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename"},
+    {"rebase", qcow2j::cli::CmdRebase,
+     "rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file "
+     "[-F backing_fmt] filename"},
+    {"amend", qcow2j::cli::CmdAmend, "amend [-p] [-q] [-f fmt] [-t cache] -o options filename"},
+    {"measure", qcow2j::cli::CmdMeasure,
+     "measure [--output=human|json] [-O output_fmt] [-o options] "
+     "[--size N | [-f fmt] [-l snapshot_param] filename]"},
     {"crashtest", qcow2j::cli::CmdCrashtest, "crashtest [--states N] [--seed S] [--model prefix|subset|torn|all] [--replay RUN_SEED]"},
     {"io", qcow2j::cli::CmdIo,
      "io [-f fmt] [-c command]... [-r] [-n] [-t cache] [-U] filename  (qemu-io commands)"},
