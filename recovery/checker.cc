@@ -514,7 +514,8 @@ class Scanner {
     QCOW2J_RETURN_IF_ERROR(Read(b.bitmap_directory_offset, b.bitmap_directory_size, &dir));
     auto entries = ParseBitmapDirectory(dir, b.nb_bitmaps, cb_, file_size_);
     if (!entries.ok()) {
-      bad(b.bitmap_directory_offset, entries.status().message());
+      bad(b.bitmap_directory_offset, "bitmap directory at " + HexStr(b.bitmap_directory_offset) +
+                                         ": " + entries.status().message());
       return Status::OK();
     }
     std::vector<uint8_t> table;
