@@ -173,6 +173,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
       QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
       QCOW2J_RETURN_IF_ERROR(file_->Sync());
     }
+    QCOW2J_RETURN_IF_ERROR(GuardWrite(off, slice_bytes_, MetadataKind::kL2));  // overlap-guard
     return file_->Write(off, data, slice_bytes_);
   });
 
