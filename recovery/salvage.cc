@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_set>
 
 #include "metadata/endian.h"
 #include "metadata/l2_entry.h"
@@ -40,6 +41,13 @@ struct Salvager::Copy {
   // Per lost range: clusters merged into it for another reason than its own.
   std::vector<uint64_t> other_reasons;
   std::vector<uint8_t> table, data, packed;
+  // Host data already copied once. Two active L2 entries never share a
+  // cluster in a sound image (sharing is between the active image and
+  // snapshots), so a second reference is damage: only the first is copied.
+  // This also bounds the output by the input (one cluster aliased a million
+  // times would otherwise be written a million times).
+  std::vector<bool> data_seen;
+  std::unordered_set<uint64_t> compressed_seen;
 };
 
 Result<std::unique_ptr<Salvager>> Salvager::Open(File* src, const SalvageOptions& opts) {
@@ -132,6 +140,7 @@ Status Salvager::CopyTo(Image* out, const ClusterDecompressor& decompress, Salva
   c.report = report;
   c.backing = !h_.backing_file.empty();
   c.size = h_.size;
+  c.data_seen.assign((file_size_ >> cb_) + 1, false);
   report->virtual_size = h_.size;
   report->cluster_size = cs_;
 
@@ -219,6 +228,9 @@ Status Salvager::CopyCompressed(Copy& c, uint64_t guest, uint64_t where, uint64_
   const std::string who = "compressed L2 entry at " + HexStr(where) + ": data at " + HexStr(host);
   if (host < cs_) return Lose(c, guest, len, who + " points at the image header");
   if (host >= file_size_) return Lose(c, guest, len, who + " points past the end of the file");
+  if (!c.compressed_seen.insert(host).second) {
+    return Lose(c, guest, len, who + " is mapped at another guest offset too");
+  }
   for (uint64_t k = host >> cb_; k <= (host + size - 1) >> cb_ && k < owners_.size(); ++k) {
     const ClusterUse owner = owners_[k];
     if (owner != ClusterUse::kCompressed && owner != ClusterUse::kFree) {
@@ -266,9 +278,13 @@ Status Salvager::CopyCluster(Copy& c, uint64_t guest, uint64_t where, uint64_t r
   if (any_data) {
     const uint64_t host = e.host_offset();
     data_lost = CheckCluster(host, ClusterUse::kData);
+    if (data_lost.empty() && c.data_seen[host >> cb_]) {
+      data_lost = "is mapped at another guest offset too";
+    }
     if (!data_lost.empty()) {
       data_lost = who + ": data cluster " + HexStr(host) + " " + data_lost;
     } else {
+      c.data_seen[host >> cb_] = true;
       c.data.resize(cs_);
       std::string err = ReadSource(host, c.data.data(), cs_);
       if (!err.empty()) data_lost = who + ": reading data cluster " + HexStr(host) + ": " + err;

@@ -174,6 +174,9 @@ std::vector<Recipe> Recipes() {
                [](const Layout& l) { PokeBe64(l.path, l.l2 + 24, l.L2(3) | (1ull << 57)); }, {3}});
   v.push_back({"L1PointsAtRefcountTable", false,
                [](const Layout& l) { PokeBe64(l.path, l.l1 + 16, l.rt | kCopied); }, {16384}});
+  // Cluster 1 maps cluster 0's data too: only the first mapping is copied.
+  v.push_back({"TwoEntriesShareADataCluster", false,
+               [](const Layout& l) { PokeBe64(l.path, l.l2 + 8, l.L2(0)); }, {1}});
   v.push_back({"ExtendedL2InconsistentBitmap", true,
                [](const Layout& l) {
                  // Cluster 2: every subcluster both allocated and zero.
