@@ -30,6 +30,8 @@ RefcountManager::RefcountManager(const Config& c)
                                  : std::max<size_t>(16, (1u << 20) / slice_bytes_);
   cache_ = std::make_unique<TableCache>(slice_bytes_, slices,
                                         [this](uint64_t off, const uint8_t* data) {
+                                          QCOW2J_RETURN_IF_ERROR(  // overlap-guard
+                                              Guard(off, slice_bytes_, MetadataKind::kRefcountBlock));
                                           return file_->Write(off, data, slice_bytes_);
                                         });
 }
@@ -49,8 +51,11 @@ Status RefcountManager::Load() {
                                 ") is not aligned to the cluster size");
     // Blocks past the end of the file would be allocated over by appends.
     if (off) end_ = std::max(end_, off + cluster_size_);
+    if (off) (void)Claim(off, cluster_size_, MetadataKind::kRefcountBlock);  // overlap-guard
   }
   end_ = std::max(end_, table_offset_ + (uint64_t{table_clusters_} << cluster_bits_));
+  // overlap-guard: a broken image may already overlap; only writes are refused.
+  (void)Claim(table_offset_, uint64_t{table_clusters_} << cluster_bits_, MetadataKind::kRefcountTable);
   return Status::OK();
 }
 
@@ -80,6 +85,7 @@ Result<TableCache::Table*> RefcountManager::Slice(uint64_t ci, bool create, uint
   // whichever block covers it (created in turn by the recursive call).
   uint64_t off = end_;
   end_ += cluster_size_;
+  QCOW2J_RETURN_IF_ERROR(Claim(off, cluster_size_, MetadataKind::kRefcountBlock));  // overlap-guard
   // A new block is all zeros: cached as such, never read (a failed read here
   // would leave the table pointing at a block that does not count itself).
   QCOW2J_RETURN_IF_ERROR(ReplayNewBlock(off));
@@ -105,6 +111,8 @@ Status RefcountManager::GrowTable(uint64_t min_entries) {
     return Status::FromErrno(ENOSPC, "refcount table would exceed its maximum size");
   uint64_t new_off = end_;
   end_ += clusters << cluster_bits_;
+  QCOW2J_RETURN_IF_ERROR(  // overlap-guard
+      Claim(new_off, clusters << cluster_bits_, MetadataKind::kRefcountTable));
   uint64_t old_off = table_offset_;
   uint32_t old_clusters = table_clusters_;
   table_.resize(clusters << cluster_bits_ >> 3, 0);
@@ -114,6 +122,7 @@ Status RefcountManager::GrowTable(uint64_t min_entries) {
   table_moved_ = track_;
   QCOW2J_RETURN_IF_ERROR(SetRange(new_off >> cluster_bits_, clusters, 1));
   // The old table is freed once the header points at the new one (WriteBack).
+  if (cfg_.metadata_map) cfg_.metadata_map->Remove(old_off, MetadataKind::kRefcountTable);  // overlap-guard
   for (uint64_t i = 0; i < old_clusters; i++) {
     QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Update(old_off + (i << cluster_bits_), -1));
     // Not reusable before the header on disk points at the new table: until
@@ -250,6 +259,7 @@ Status RefcountManager::WriteBack() {
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
   std::vector<uint8_t> raw(table_.size() * 8);
   for (size_t i = 0; i < table_.size(); i++) StoreBE64(raw.data() + i * 8, table_[i]);
+  QCOW2J_RETURN_IF_ERROR(Guard(table_offset_, raw.size(), MetadataKind::kRefcountTable));  // overlap-guard
   QCOW2J_RETURN_IF_ERROR(file_->Write(table_offset_, raw.data(), raw.size()));
   if (table_offset_ != cfg_.refcount_table_offset || table_clusters_ != cfg_.refcount_table_clusters) {
     QCOW2J_RETURN_IF_ERROR(file_->Sync());

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "journal/journal_record.h"
+#include "metadata/metadata_map.h"
 #include "metadata/table_cache.h"
 #include "qcow2j/file.h"
 #include "qcow2j/status.h"
@@ -37,6 +38,9 @@ class RefcountManager {
     size_t cache_blocks = 0;  // 0: default
     // Persists a moved/grown refcount table in the image header.
     std::function<Status(uint64_t offset, uint32_t clusters)> update_header;
+    // Overlap protection: the table and blocks are registered here and
+    // checked before each in-place write (nullptr: none).
+    MetadataMap* metadata_map = nullptr;
   };
 
   explicit RefcountManager(const Config& c);
@@ -103,6 +107,14 @@ class RefcountManager {
   // created blocks (used for allocation bookkeeping).
   Status SetRange(uint64_t first_ci, uint64_t n, uint64_t value);
   void AddFree(uint64_t ci, uint64_t n);
+  // overlap-guard: OK when [offset, offset+len) may be written as `kind`.
+  Status Guard(uint64_t offset, uint64_t len, MetadataKind kind) {
+    return cfg_.metadata_map ? cfg_.metadata_map->CheckMetadataWrite(offset, len, kind)
+                             : Status::OK();
+  }
+  Status Claim(uint64_t offset, uint64_t len, MetadataKind kind) {
+    return cfg_.metadata_map ? cfg_.metadata_map->Add(offset, len, kind) : Status::OK();
+  }
 
   Config cfg_;
   File* file_;

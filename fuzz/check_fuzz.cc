@@ -1,6 +1,7 @@
 // CheckImage on the input as an image file, and (selected by the input's
 // last byte) a full repair followed by a second check that must come back
-// clean of corruptions the repair claimed to fix.
+// clean of corruptions the repair claimed to fix, or a salvage into a new
+// image.
 #include <cstddef>
 #include <cstdint>
 
@@ -18,7 +19,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckOptions co;
   co.env = env.get();
   auto r = CheckImage("/img", co);
-  if (!r.ok() || size == 0) return 0;
+  if (size == 0) return 0;
+  if ((data[size - 1] & 3) == 1) {
+    SalvageOptions so;
+    so.env = env.get();
+    (void)SalvageImage("/img", "/salvaged", so);
+    return 0;
+  }
+  if (!r.ok()) return 0;
   if ((data[size - 1] & 3) != 0) return 0;
   co.repair = (data[size - 1] & 4) ? RepairMode::kLeaks : RepairMode::kAll;
   (void)CheckImage("/img", co);

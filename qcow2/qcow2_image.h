@@ -23,6 +23,7 @@
 #include "journal/journal_ring.h"
 #include "metadata/header.h"
 #include "metadata/l2_entry.h"
+#include "metadata/metadata_map.h"
 #include "metadata/snapshot_table.h"
 #include "metadata/table_cache.h"
 #include "qcow2j/image.h"
@@ -192,6 +193,18 @@ class Qcow2Image final : public Image {
   // Punches discarded host clusters (of the data file), adjacent ones as one range.
   Status PunchClusters(std::vector<uint64_t> clusters);
   Status WriteHeaderField(uint64_t offset, const void* data, size_t len);
+
+  // ---- overlap protection (qcow2/qcow2_overlap.cc, metadata/metadata_map.h) ----
+  // Registers every metadata structure of a writable image; on the first
+  // overlap a write would cause, MarkCorrupt sets the corrupt bit on disk
+  // and fails the image.
+  Status BuildMetadataMap();
+  void MarkCorrupt(const Status& why);
+  // OK, or the overlap error (the image is then failed and marked corrupt).
+  Status GuardWrite(uint64_t host, uint64_t len, MetadataKind what) {
+    return metadata_map_ ? metadata_map_->CheckMetadataWrite(host, len, what) : Status::OK();
+  }
+  std::unique_ptr<MetadataMap> metadata_map_;
 
   std::unique_ptr<RefcountManager> refcounts_;
   std::set<uint64_t> l1_dirty_;

@@ -94,6 +94,7 @@ Status Qcow2Image::StartJournalSessionLocked() {
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
   jext_ = ext;
   jwriter_ = std::make_unique<JournalWriter>(file_.get(), ext, sb);
+  (void)metadata_map_->Add(ext.area_offset, ext.area_size, MetadataKind::kJournal);  // overlap-guard
   return Status::OK();
 }
 
@@ -186,6 +187,8 @@ Status Qcow2Image::JournalFlushLocked() {
   std::vector<uint64_t> punch;
   for (const Decrement& d : dec) {
     QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
+    // overlap-guard: a cluster still in use as metadata must not be freed (nor punched).
+    if (rc == 0) QCOW2J_RETURN_IF_ERROR(GuardWrite(d.host, cluster_size_, MetadataKind::kData));
     if (rc == 0) {
       l2_epoch_++;
       for (uint64_t off = d.host; off < d.host + cluster_size_; off += slice_bytes_) l2_cache_->Erase(off);
@@ -281,6 +284,7 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
   // bits and the area in one header write: a crash before that write leaves
   // an empty journal that recovery closes the same way.
   if (jext_->has_area()) {
+    if (metadata_map_) metadata_map_->Remove(jext_->area_offset, MetadataKind::kJournal);  // overlap-guard
     QCOW2J_RETURN_IF_ERROR(
         refcounts_->ReplaySet(jext_->area_offset >> cluster_bits_, jext_->area_size >> cluster_bits_, 0));
     QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());

@@ -190,6 +190,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
       QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
       QCOW2J_RETURN_IF_ERROR(file_->Sync());
     }
+    QCOW2J_RETURN_IF_ERROR(GuardWrite(off, slice_bytes_, MetadataKind::kL2));  // overlap-guard
     return file_->Write(off, data, slice_bytes_);
   });
 
@@ -200,6 +201,8 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   QCOW2J_RETURN_IF_ERROR(OpenDataFile(opts));
   if (!read_only_) QCOW2J_RETURN_IF_ERROR(InitWriter());
   QCOW2J_RETURN_IF_ERROR(ReplayJournal());
+  // Where the metadata lives, from the tables as replay left them.
+  if (!read_only_) QCOW2J_RETURN_IF_ERROR(BuildMetadataMap());  // overlap-guard
   if (!read_only_ && (header_.incompatible_features & kIncompatDirty)) {
     // A crash in dirty-refcount mode: the journal restored the tables; now
     // rebuild the refcounts (the dirty-image path above).

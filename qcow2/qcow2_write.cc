@@ -47,6 +47,7 @@ constexpr uint64_t kAllZero = 0xffffffffull << 32;
 
 Status Qcow2Image::InitWriter() {
   if (header_.crypt_method) return Status::NotSupported("encrypted images are not supported");
+  metadata_map_ = std::make_unique<MetadataMap>();  // overlap-guard
   RefcountManager::Config c;
   c.file = file_.get();
   c.cluster_bits = cluster_bits_;
@@ -55,6 +56,7 @@ Status Qcow2Image::InitWriter() {
   c.refcount_table_clusters = header_.refcount_table_clusters;
   c.file_size = file_size_;
   c.cache_blocks = opts_.refcount_cache_size >> cluster_bits_;
+  c.metadata_map = metadata_map_.get();  // overlap-guard
   c.update_header = [this](uint64_t off, uint32_t clusters) -> Status {
     uint8_t buf[12];
     StoreBE64(buf, off);
@@ -66,6 +68,7 @@ Status Qcow2Image::InitWriter() {
   refcounts_ = std::make_unique<RefcountManager>(c);
   QCOW2J_RETURN_IF_ERROR(refcounts_->Load());
   if (jext_) refcounts_->EnableJournal();
+  // (The metadata map is built by Load, after any journal replay.)  // overlap-guard
   // We do not keep persistent bitmaps up to date: clearing their autoclear
   // bit tells QEMU they are stale, as the spec intends for unaware writers.
   uint64_t keep = header_.autoclear_features & (kAutoclearDataFileRaw | kAutoclearJournalValid);
@@ -80,6 +83,7 @@ Status Qcow2Image::InitWriter() {
 }
 
 Status Qcow2Image::WriteHeaderField(uint64_t offset, const void* data, size_t len) {
+  QCOW2J_RETURN_IF_ERROR(GuardWrite(offset, len, MetadataKind::kHeader));  // overlap-guard
   return file_->Write(offset, data, len);
 }
 
@@ -123,6 +127,7 @@ Result<TableCache::Table*> Qcow2Image::WritableL2Locked(uint64_t cluster, uint8_
     QCOW2J_ASSIGN_OR_RETURN(uint64_t table, refcounts_->Allocate(1, &fresh));
     if (journal_on_ && OverlapsUnconfirmedLocked(table, cluster_size_))
       QCOW2J_RETURN_IF_ERROR(ConfirmLocked());
+    QCOW2J_RETURN_IF_ERROR(metadata_map_->Add(table, cluster_size_, MetadataKind::kL2));  // overlap-guard
     if (l1.l2_offset) {
       std::vector<uint8_t> buf(cluster_size_);
       // Dirty cached slices of the old table are newer than its disk copy.
@@ -138,6 +143,7 @@ Result<TableCache::Table*> Qcow2Image::WritableL2Locked(uint64_t cluster, uint8_
       decrements_.push_back({l1.l2_offset, false});
       // The copy is data the transaction's L1 entry points at.
       if (JournalChecksums()) NoteChecksumLocked(table, buf.size(), XXH64(buf.data(), buf.size(), 0));
+      metadata_map_->Remove(l1.l2_offset, MetadataKind::kL2);  // overlap-guard: now only snapshots use it
     } else {
       if (!fresh) QCOW2J_RETURN_IF_ERROR(file_->ZeroRange(table, cluster_size_));
       if (journal_on_) jnew_tables_.push_back(NewTable{JournalTableKind::kL2Table, table});
@@ -343,6 +349,8 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
     if (host & (cluster_size_ - 1))
       return Status::Corruption("L2 entry for guest offset " + Hex(pos) + ": data offset " +
                                 Hex(host) + " is not aligned to the cluster size");
+    if (data_file_ == file_.get())  // overlap-guard (an external data file holds no metadata)
+      QCOW2J_RETURN_IF_ERROR(GuardWrite(host, cluster_size_, MetadataKind::kData));
     NoteWriteEndLocked(pos + n);
     act->host = host + in;
     // A cluster the open journal transaction maps: what lands in it is
@@ -410,6 +418,11 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       l2_cache_->Release(slice);
       return cs;
     }
+  }
+  if (Status g = external ? Status::OK() : GuardWrite(host, cluster_size_, MetadataKind::kData);
+      !g.ok()) {  // overlap-guard
+    l2_cache_->Release(slice);
+    return g;
   }
   uint64_t new_bitmap = 0;
   std::vector<std::pair<uint64_t, uint64_t>> cow;  // in-cluster ranges needing old contents
@@ -765,6 +778,7 @@ Status Qcow2Image::WriteL1Locked() {
       StoreBE64(sector.data() + i * 8, j < l1_.size() ? l1_[j] : 0);
     }
     uint64_t bytes = std::min<uint64_t>(512, l1_.size() * 8 - sec * 512);
+    QCOW2J_RETURN_IF_ERROR(GuardWrite(l1_offset + sec * 512, bytes, MetadataKind::kL1));  // overlap-guard
     QCOW2J_RETURN_IF_ERROR(file_->Write(l1_offset + sec * 512, sector.data(), bytes));
   }
   l1_dirty_.clear();
@@ -801,6 +815,8 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
     std::vector<uint64_t> punch;
     for (const Decrement& d : dec) {                            // 3: dropped references
       QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, refcounts_->Update(d.host, -1));
+      // overlap-guard: a cluster still in use as metadata must not be freed (nor punched).
+      if (rc == 0) QCOW2J_RETURN_IF_ERROR(GuardWrite(d.host, cluster_size_, MetadataKind::kData));
       if (rc == 0) {
         l2_epoch_++;
         l2_cache_->Erase(d.host);  // in case it was an L2 table (slices keyed by offset)
@@ -854,6 +870,7 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
       return Status::InvalidArgument("size " + std::to_string(new_size) + " needs an L1 table larger than 32 MiB");
     uint64_t clusters = (need * 8 + cluster_size_ - 1) >> cluster_bits_;
     QCOW2J_ASSIGN_OR_RETURN(uint64_t off, refcounts_->Allocate(clusters));
+    QCOW2J_RETURN_IF_ERROR(metadata_map_->Add(off, clusters << cluster_bits_, MetadataKind::kL1));  // overlap-guard
     std::vector<uint8_t> table(clusters << cluster_bits_, 0);
     for (size_t i = 0; i < l1_.size(); i++) StoreBE64(table.data() + i * 8, l1_[i]);
     QCOW2J_RETURN_IF_ERROR(file_->Write(off, table.data(), table.size()));
@@ -871,6 +888,7 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
     StoreBE64(field, new_size);
     QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, field, 8));
     QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    metadata_map_->Remove(old_off, MetadataKind::kL1);  // overlap-guard
     for (uint64_t i = 0; i < old_clusters && old_off; i++)
       decrements_.push_back({old_off + (i << cluster_bits_), false});
   } else {
@@ -924,6 +942,7 @@ Status Qcow2Image::Flush() {
   if (closed_) return Status::Aborted("image '" + path_ + "' is closed");
   if (read_only_) return Status::OK();
   std::unique_lock<std::mutex> lk(meta_mu_);
+  if (!failed_.ok()) return failed_;  // overlap-guard: a failed image writes no more metadata
   return FlushLocked(lk);
 }
 

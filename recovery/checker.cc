@@ -124,6 +124,7 @@ class Scanner {
     CheckRefblockRefs();
     Compare();
     Summarize();
+    r_->owners = std::move(owner_);
     return Status::OK();
   }
 
@@ -159,35 +160,7 @@ class Scanner {
   Status ReadHeader() {
     QCOW2J_ASSIGN_OR_RETURN(r_->file_size, file_->Size());
     file_size_ = r_->file_size;
-    std::vector<uint8_t> buf;
-    QCOW2J_RETURN_IF_ERROR(Read(0, kHeaderProbeBytes, &buf));
-    if (file_size_ < kV2HeaderLength) {
-      return Status::Corruption("Image is not in qcow2 format: the file is only " +
-                                std::to_string(file_size_) + " bytes");
-    }
-    const uint32_t bits = LoadBE32(buf.data() + 20);
-    if (bits >= kMinClusterBits && bits <= kMaxClusterBits) {
-      QCOW2J_RETURN_IF_ERROR(Read(0, 1ull << bits, &buf));
-    }
-    // The header codec checks every table pointer as the engine needs it.
-    // The checker checks those itself and reports them as corruptions, so
-    // the codec gets a copy with the table pointers neutralised.
-    std::vector<uint8_t> copy = buf;
-    if (bits >= kMinClusterBits && bits <= kMaxClusterBits) {
-      StoreBE64(copy.data() + 40, 1ull << bits);
-      StoreBE64(copy.data() + 48, 1ull << bits);
-      StoreBE32(copy.data() + 56, 1);
-      StoreBE32(copy.data() + 60, 0);
-      StoreBE64(copy.data() + 64, 0);
-    }
-    auto parsed = ParseHeader(copy, kHugeFileSize);
-    if (!parsed.ok()) return parsed.status();
-    h_ = std::move(parsed).value();
-    h_.l1_table_offset = LoadBE64(buf.data() + 40);
-    h_.refcount_table_offset = LoadBE64(buf.data() + 48);
-    h_.refcount_table_clusters = LoadBE32(buf.data() + 56);
-    h_.nb_snapshots = LoadBE32(buf.data() + 60);
-    h_.snapshots_offset = LoadBE64(buf.data() + 64);
+    QCOW2J_ASSIGN_OR_RETURN(h_, ReadHeaderAsStored(file_, file_size_));
     cb_ = h_.cluster_bits;
     cs_ = h_.cluster_size();
     extended_ = h_.extended_l2();
@@ -548,7 +521,8 @@ class Scanner {
     QCOW2J_RETURN_IF_ERROR(Read(b.bitmap_directory_offset, b.bitmap_directory_size, &dir));
     auto entries = ParseBitmapDirectory(dir, b.nb_bitmaps, cb_, file_size_);
     if (!entries.ok()) {
-      bad(b.bitmap_directory_offset, entries.status().message());
+      bad(b.bitmap_directory_offset, "bitmap directory at " + HexStr(b.bitmap_directory_offset) +
+                                         ": " + entries.status().message());
       return Status::OK();
     }
     std::vector<uint8_t> table;
@@ -638,7 +612,7 @@ class Scanner {
         drop = true;
       }
       if (drop) {
-        LostRange lost{i * cover, cover, snapshot};
+        LostRange lost{i * cover, cover, snapshot, ""};
         r_->entry_fixes.push_back({where, 0, lost});
         continue;
       }
@@ -805,7 +779,7 @@ class Scanner {
           break;
       }
       if (drop) {
-        LostRange lost{ref.guest_base + i * cs_, cs_, ref.snapshot};
+        LostRange lost{ref.guest_base + i * cs_, cs_, ref.snapshot, ""};
         r_->entry_fixes.push_back({where, 0, lost});
         if (extended_ && bm) r_->entry_fixes.push_back({where + 8, 0, {}});
         continue;
@@ -891,6 +865,41 @@ class Scanner {
 };
 
 }  // namespace
+
+Result<Header> ReadHeaderAsStored(File* file, uint64_t file_size) {
+  std::vector<uint8_t> buf(kHeaderProbeBytes);
+  Status s = file->Read(0, buf.data(), buf.size());
+  if (!s.ok()) return s.Annotate("reading the image header");
+  if (file_size < kV2HeaderLength) {
+    return Status::Corruption("Image is not in qcow2 format: the file is only " +
+                              std::to_string(file_size) + " bytes");
+  }
+  const uint32_t bits = LoadBE32(buf.data() + 20);
+  const bool bits_ok = bits >= kMinClusterBits && bits <= kMaxClusterBits;
+  if (bits_ok) {
+    buf.resize(1ull << bits);
+    s = file->Read(0, buf.data(), buf.size());
+    if (!s.ok()) return s.Annotate("reading the image header");
+  }
+  // The header codec checks every table pointer as the engine needs it.
+  // Check and salvage judge those themselves, so the codec gets a copy with
+  // the table pointers neutralised and the stored values are put back after.
+  std::vector<uint8_t> copy = buf;
+  if (bits_ok) {
+    StoreBE64(copy.data() + 40, 1ull << bits);
+    StoreBE64(copy.data() + 48, 1ull << bits);
+    StoreBE32(copy.data() + 56, 1);
+    StoreBE32(copy.data() + 60, 0);
+    StoreBE64(copy.data() + 64, 0);
+  }
+  QCOW2J_ASSIGN_OR_RETURN(Header h, ParseHeader(copy, kHugeFileSize));
+  h.l1_table_offset = LoadBE64(buf.data() + 40);
+  h.refcount_table_offset = LoadBE64(buf.data() + 48);
+  h.refcount_table_clusters = LoadBE32(buf.data() + 56);
+  h.nb_snapshots = LoadBE32(buf.data() + 60);
+  h.snapshots_offset = LoadBE64(buf.data() + 64);
+  return h;
+}
 
 Result<std::unique_ptr<ScanResult>> ScanImage(File* file, const ScanOptions& opts) {
   auto r = std::make_unique<ScanResult>();

@@ -91,11 +91,20 @@ struct ScanResult {
   bool drop_all_snapshots = false;  // the table itself is unusable
   bool drop_bitmaps = false;        // clear the bitmaps autoclear bit
   uint64_t min_file_size = 0;       // grow the file to this (tables past EOF)
+
+  // Per host cluster, what its first reference says it holds (salvage uses
+  // it to tell data from metadata).
+  std::vector<ClusterUse> owners;
 };
 
 // Runs one pass. A Status error means the check cannot be done at all
 // (unreadable file, header that is not qcow2).
 Result<std::unique_ptr<ScanResult>> ScanImage(File* file, const ScanOptions& opts);
+
+// Reads and parses the header (and its extensions) with the table fields
+// (L1, refcount table, snapshot table) as stored, unvalidated: the caller
+// judges them. An error when the file is not a usable qcow2 image at all.
+Result<Header> ReadHeaderAsStored(File* file, uint64_t file_size);
 
 // "0x1f0000" formatting shared by the recovery files.
 std::string HexStr(uint64_t v);

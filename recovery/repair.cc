@@ -101,7 +101,7 @@ Status FixSnapshots(const RepairContext& ctx, const ScanResult& scan) {
   for (const SnapshotRecord& s : scan.snapshots) {
     if (scan.drop_all_snapshots || s.bad) {
       Say(ctx, "Repairing: discarding snapshot " + s.id + " (" + s.name + ")");
-      if (ctx.lost) ctx.lost->push_back({0, 0, s.id});
+      if (ctx.lost) ctx.lost->push_back({0, 0, s.id, ""});
     }
   }
   uint64_t offset = 0;

@@ -51,6 +51,7 @@ struct LostRange {
   uint64_t guest_offset = 0;
   uint64_t length = 0;
   std::string snapshot;  // "" for the active image, else the snapshot's id
+  std::string reason;    // salvage: why the range could not be read ("" from repair)
 };
 
 // The result of a check, with qemu-img check's fields (ImageCheck in QAPI).
@@ -80,6 +81,44 @@ struct CheckReport {
 // code 1): the file cannot be read or its header is not a usable qcow2
 // header. Problems in the image are reported in the CheckReport.
 Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts);
+
+// ---- salvage ----
+// For an image whose metadata is too broken to repair in place: every guest
+// byte of the active image that can still be read is copied into a new
+// qcow2 image. Only the damaged image is read; it is never written.
+
+struct SalvageOptions {
+  Env* env = nullptr;  // nullptr: Env::Default(); used for both files
+  // Called with notes as they arise (snapshots left behind, a failed walk).
+  std::function<void(const std::string& line)> on_message;
+};
+
+struct SalvageReport {
+  std::string filename;  // the damaged image
+  std::string output;    // the new image
+  uint64_t virtual_size = 0;
+  uint64_t cluster_size = 0;
+  uint64_t data_clusters = 0;  // guest clusters whose data was copied (all or in part)
+  uint64_t zero_clusters = 0;  // guest clusters that read as zeros by their L2 entry
+  uint64_t lost_clusters = 0;  // guest clusters that could not be read (all or in part)
+  // Guest ranges of the active image that could not be read, adjacent ones
+  // merged (`reason` is the first one's). They read as zeros in the output.
+  std::vector<LostRange> lost;
+  std::vector<std::string> notes;
+};
+
+// Creates `output` (which must not exist): a qcow2 image with the virtual
+// size, cluster size, extended-L2 setting and backing file name of `path`,
+// holding every guest cluster of `path` whose L2 entry, compressed
+// descriptor and data are valid and readable. A cluster is lost when its L1
+// or L2 entry is unreadable, has reserved bits set, is unaligned, points
+// past the end of the file or at metadata, or its compressed data does not
+// decompress. Internal snapshots and persistent bitmaps are not copied.
+// A Status error means nothing usable was produced (the header is not a
+// usable qcow2 header, the output cannot be created or written); the
+// output is then removed.
+Result<SalvageReport> SalvageImage(const std::string& path, const std::string& output,
+                                   const SalvageOptions& opts);
 
 }  // namespace qcow2j
 

@@ -36,6 +36,9 @@ const Region kSnapRegion = {2 << 20, 64 << 10, 0x55};  // written after the snap
 struct Layout {
   std::string path;
   uint64_t l1 = 0, rt = 0, rb = 0, l2 = 0, l2b = 0, snaps = 0, file_size = 0;
+  // Persistent bitmaps (0 when absent): the bitmaps extension's payload, the
+  // bitmap directory and the bitmap table of its first entry.
+  uint64_t bm_ext = 0, bm_dir = 0, bm_table = 0;
   uint64_t L2(int i) const { return PeekBe64(path, l2 + 8 * i); }
   uint64_t Data(int i) const { return L2(i) & kMask; }
   // Refcount entry of a host offset (refcount_order 4, first block).
@@ -52,10 +55,22 @@ Layout Read(const std::string& path) {
   l.l2b = PeekBe64(path, l.l1 + 16) & kMask;
   l.snaps = PeekBe64(path, 64);
   l.file_size = FileSize(path);
+  if (PeekBe32(path, 4) >= 3) {
+    uint64_t at = PeekBe32(path, 100);  // header_length: the extensions follow
+    for (uint32_t type; (type = PeekBe32(path, at)) != 0 && at < kCs;) {
+      const uint32_t len = PeekBe32(path, at + 4);
+      if (type == 0x23852875) l.bm_ext = at + 8;
+      at += 8 + ((len + 7) & ~7u);
+    }
+  }
+  if (l.bm_ext) {
+    l.bm_dir = PeekBe64(path, l.bm_ext + 16);
+    l.bm_table = PeekBe64(path, l.bm_dir);
+  }
   return l;
 }
 
-enum Base { kPlain, kSnapshot, kSnapshotLast, kCompressedBase, kExtendedL2 };
+enum Base { kPlain, kSnapshot, kSnapshotLast, kCompressedBase, kExtendedL2, kBitmaps };
 
 struct Recipe {
   const char* name;
@@ -95,6 +110,13 @@ class CheckSuite : public ::testing::TestWithParam<Recipe> {
     const std::string ext = dir_->Path("ext.qcow2");
     Must(test::Run("qemu-img create -q -f qcow2 -o extended_l2=on " + Quote(ext) + " 4G"));
     Must(test::Run("qemu-io" + writes + " " + Quote(ext)));
+    // Two persistent dirty bitmaps, dirtied by the writes (so each has a
+    // bitmap table pointing at a data cluster).
+    const std::string bm = dir_->Path("bitmaps.qcow2");
+    Must(test::Run("qemu-img create -q -f qcow2 " + Quote(bm) + " 4G"));
+    Must(test::Run("qemu-img bitmap --add " + Quote(bm) + " b0"));
+    Must(test::Run("qemu-img bitmap --add -g 1M " + Quote(bm) + " b1"));
+    Must(test::Run("qemu-io" + writes + " " + Quote(bm)));
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -109,6 +131,7 @@ class CheckSuite : public ::testing::TestWithParam<Recipe> {
       case kSnapshotLast: return dir_->Path("snaplast.qcow2");
       case kCompressedBase: return dir_->Path("comp.qcow2");
       case kExtendedL2: return dir_->Path("ext.qcow2");
+      case kBitmaps: return dir_->Path("bitmaps.qcow2");
     }
     return "";
   }
@@ -312,6 +335,29 @@ std::vector<Recipe> Recipes() {
   add({"ExtendedL2UnallocatedWithBitmap", kExtendedL2,
        [](const Layout& l) { PokeBe64(l.path, l.l2 + 16 * 7 + 8, 0xff); }, 2,
        {"subcluster-bitmap"}, {}});
+  // Persistent bitmaps: check names the structure; repair marks every bitmap
+  // inconsistent (clears the bitmaps autoclear bit, as a writer that does not
+  // know bitmaps must) and frees their clusters as leaks. Guest data is
+  // never touched.
+  add({"BitmapTableUnaligned", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_dir, l.bm_table + 512); }, 2, {"bitmap"}, {}});
+  add({"BitmapTablePastEof", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_dir, 1ull << 40); }, 2, {"bitmap"}, {}});
+  add({"BitmapTableEntryPointsAtL1", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_table, l.l1); }, 2, {"overlap"}, {}});
+  add({"BitmapTableEntryReservedBits", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_table, PeekBe64(l.path, l.bm_table) | 2); }, 2,
+       {"bitmap"}, {}});
+  add({"BitmapDirectoryPastEof", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_ext + 16, 1ull << 40); }, 2, {"past-eof"}, {}});
+  add({"BitmapDirectoryAtRefcountBlock", kBitmaps,
+       [](const Layout& l) { PokeBe64(l.path, l.bm_ext + 16, l.rb); }, 2, {"overlap"}, {}});
+  add({"BitmapDirectoryNameSizeGarbage", kBitmaps,
+       [](const Layout& l) { PokeBe16(l.path, l.bm_dir + 18, 0xffff); }, 2, {"bitmap"}, {}});
+  // The refcount table's entries all cleared: every refcount is lost.
+  add({"RefcountTableZeroed", kPlain,
+       [](const Layout& l) { PokeBytes(l.path, l.rt, std::string(kCs, '\0')); }, 2,
+       {"refcount-mismatch"}, {}});
   add({"UnalignedL1TableOffset", kPlain,
        [](const Layout& l) { PokeBe64(l.path, 40, l.l1 + 512); }, 1, {}, {}, false});
   return v;

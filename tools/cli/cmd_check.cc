@@ -1,6 +1,8 @@
 // qcow2j check: qemu-img check's output, JSON and exit codes (0 clean,
 // 1 check not completed, 2 corruptions, 3 leaks only), plus one line per
-// problem and, in JSON, a "problems" array.
+// problem and, in JSON, a "problems" array. `--salvage OUTPUT` copies what
+// can be read into a new image instead (exit 0: nothing lost, 2: ranges
+// lost, 1: failed).
 #include <fcntl.h>
 #include <getopt.h>
 #include <unistd.h>
@@ -64,6 +66,21 @@ void PrintHuman(const CheckReport& r) {
   }
 }
 
+// Repair names the image each range belongs to; salvage (active image only)
+// says why each range was lost.
+JsonValue LostToJson(const std::vector<LostRange>& ranges, bool salvage) {
+  JsonValue lost = JsonValue::MakeArray();
+  for (const LostRange& l : ranges) {
+    JsonValue o = JsonValue::MakeObject();
+    if (!salvage) o.Set("snapshot", l.snapshot);
+    o.Set("guest-offset", l.guest_offset);
+    o.Set("length", l.length);
+    if (salvage) o.Set("reason", l.reason);
+    lost.Append(std::move(o));
+  }
+  return lost;
+}
+
 JsonValue ToJson(const CheckReport& r) {
   JsonValue j = JsonValue::MakeObject();
   j.Set("filename", r.filename);
@@ -93,18 +110,60 @@ JsonValue ToJson(const CheckReport& r) {
     problems.Append(std::move(o));
   }
   if (!problems.array().empty()) j.Set("problems", std::move(problems));
-  if (!r.lost.empty()) {
-    JsonValue lost = JsonValue::MakeArray();
-    for (const LostRange& l : r.lost) {
-      JsonValue o = JsonValue::MakeObject();
-      o.Set("snapshot", l.snapshot);
-      o.Set("guest-offset", l.guest_offset);
-      o.Set("length", l.length);
-      lost.Append(std::move(o));
-    }
-    j.Set("lost-ranges", std::move(lost));
-  }
+  if (!r.lost.empty()) j.Set("lost-ranges", LostToJson(r.lost, false));
   return j;
+}
+
+void PrintSalvageHuman(const SalvageReport& r) {
+  using ull = unsigned long long;
+  std::printf("Salvaged '%s' into '%s': %llu data clusters and %llu zero clusters copied, %llu "
+              "clusters lost.\n",
+              r.filename.c_str(), r.output.c_str(), static_cast<ull>(r.data_clusters),
+              static_cast<ull>(r.zero_clusters), static_cast<ull>(r.lost_clusters));
+  if (r.lost.empty()) {
+    std::printf("No guest data was lost.\n");
+  } else {
+    std::printf("Lost guest ranges (they read as zeros in the new image):\n");
+    for (const LostRange& l : r.lost) {
+      std::printf("    offset 0x%llx length 0x%llx: %s\n", static_cast<ull>(l.guest_offset),
+                  static_cast<ull>(l.length), l.reason.c_str());
+    }
+  }
+  for (const std::string& n : r.notes) std::printf("Note: %s\n", n.c_str());
+}
+
+JsonValue SalvageToJson(const SalvageReport& r) {
+  JsonValue j = JsonValue::MakeObject();
+  j.Set("filename", r.filename);
+  j.Set("output", r.output);
+  j.Set("virtual-size", r.virtual_size);
+  j.Set("cluster-size", r.cluster_size);
+  j.Set("data-clusters", r.data_clusters);
+  j.Set("zero-clusters", r.zero_clusters);
+  j.Set("lost-clusters", r.lost_clusters);
+  j.Set("lost-ranges", LostToJson(r.lost, true));
+  JsonValue notes = JsonValue::MakeArray();
+  for (const std::string& n : r.notes) notes.Append(n);
+  j.Set("notes", std::move(notes));
+  return j;
+}
+
+int Salvage(const std::string& path, const std::string& output, const std::string& format,
+            bool quiet) {
+  SalvageOptions so;
+  auto result = SalvageImage(path, output, so);
+  if (!result.ok()) {
+    PrintErrorF("Salvage failed: %s", result.status().message().c_str());
+    return 1;
+  }
+  if (!quiet) {
+    if (format == "json") {
+      std::printf("%s\n", SalvageToJson(*result).Pretty().c_str());
+    } else {
+      PrintSalvageHuman(*result);
+    }
+  }
+  return result->lost.empty() ? 0 : 2;
 }
 
 }  // namespace
@@ -120,7 +179,7 @@ static bool JournalPending(const std::string& path) {
 }
 
 int CmdCheck(int argc, char** argv) {
-  std::string fmt, output = "human";
+  std::string fmt, output = "human", salvage;
   bool quiet = false, progress = false;
   CheckOptions opts;
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
@@ -128,6 +187,7 @@ int CmdCheck(int argc, char** argv) {
                                  {"repair", required_argument, nullptr, 'r'},
                                  {"output", required_argument, nullptr, 'O'},
                                  {"force-share", no_argument, nullptr, 'U'},
+                                 {"salvage", required_argument, nullptr, 'S'},
                                  {nullptr, 0, nullptr, 0}};
   ResetGetopt();
   int c;
@@ -149,9 +209,26 @@ int CmdCheck(int argc, char** argv) {
       case 'p': progress = true; break;  // ours: qemu-img check has no -p
       case 'T': break;  // cache mode: the checker does its own I/O
       case 'U': break;  // the checker takes no lock
+      case 'S': salvage = optarg; break;
       case 'h':
-        std::printf("usage: qcow2j check [-r leaks|all] [--output=human|json] [-p] [-q] [-f fmt] [-U] "
-                    "filename\n");
+        std::printf(
+            "usage: qcow2j check [-r leaks|all] [--output=human|json] [-p] [-q] [-f fmt] [-U] filename\n"
+            "       qcow2j check --salvage=OUTPUT [--output=human|json] [-q] filename\n"
+            "\n"
+            "Checks a qcow2 image as qemu-img check does; -r leaks|all repairs it in place.\n"
+            "Exit codes: 0 clean, 1 check not completed, 2 corruptions, 3 leaks only.\n"
+            "\n"
+            "--salvage=OUTPUT  when the metadata is too broken to repair in place: creates the\n"
+            "                  new qcow2 image OUTPUT (it must not exist) with the same virtual\n"
+            "                  size, cluster size and backing file, and copies into it every\n"
+            "                  guest cluster of the active image whose L1/L2 entry, compressed\n"
+            "                  descriptor and data are valid and readable. The damaged image is\n"
+            "                  only read. Clusters whose entry is unreadable or invalid (reserved\n"
+            "                  bits, unaligned, past the end of the file, pointing at metadata)\n"
+            "                  or whose compressed data does not decompress are lost: they read\n"
+            "                  as zeros in OUTPUT and are listed as lost guest ranges (JSON:\n"
+            "                  \"lost-ranges\"). Snapshots and bitmaps are not copied.\n"
+            "                  Exit codes: 0 nothing lost, 2 some ranges lost, 1 failed.\n");
         return 0;
       case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
       default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
@@ -166,6 +243,17 @@ int CmdCheck(int argc, char** argv) {
     return 1;
   }
   const std::string path = argv[optind];
+  if (!salvage.empty()) {
+    if (opts.repair != RepairMode::kNone) {
+      PrintError("--salvage cannot be combined with -r: it never writes the damaged image");
+      return 1;
+    }
+    if (!fmt.empty() && fmt != "qcow2") {
+      PrintError("--salvage reads qcow2 images only");
+      return 1;
+    }
+    return Salvage(path, salvage, output, quiet);
+  }
   bool readable = false;
   const bool qcow2 = LooksLikeQcow2(path, &readable);
   if (!readable) {
