@@ -13,6 +13,7 @@
 #include "metadata/header.h"
 #include "metadata/hex.h"
 #include "metadata/l2_entry.h"
+#include "journal/journal_format.h"
 #include "qcow2/image_ops.h"
 #include "qcow2/offline_image.h"
 
@@ -176,15 +177,17 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
     if (h.bitmaps && h.bitmaps->nb_bitmaps)
       return Status::NotSupported("Cannot downgrade an image with persistent bitmaps (remove them "
                                   "first)");
-    // v2 has no autoclear bits to say whether a journal is valid.
-    if (h.journal)
-      return Status::NotSupported("Cannot downgrade an image with a qcow2j journal");
     QCOW2J_RETURN_IF_ERROR(PlanDowngrade(im, &unmap, &fixes));
   }
   report(10);
 
-  // ---- journal=on|off goes here: create or retire the journal ring before
-  // the header below names (or stops naming) it. ----
+  // ---- journal=on|off: a closed image's journal is idle (no area; an
+  // image with transactions to replay was refused above), so only the
+  // extension changes. Dirty-refcount mode follows lazy_refcounts. ----
+  // v2 has no feature bits to lock QEMU out: a downgrade drops the journal.
+  const bool want_journal = req.journal.value_or(h.journal.has_value() && new_version >= 3);
+  if (want_journal && new_version < 3)
+    return Status::InvalidArgument("journal=on requires compat=1.1");
 
   // ---- changes ----
   if (downgrade && (!unmap.empty() || !fixes.empty()))
@@ -202,6 +205,22 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
   }
   h.backing_file = backing;
   h.backing_format = backing_format;
+  if (want_journal) {
+    JournalExtension ext;
+    if (h.journal) {
+      auto cur = DecodeJournalExtension(*h.journal, h.cluster_bits);
+      if (cur.ok()) ext = *cur;
+    }
+    ext.area_offset = 0;  // idle (a stale area, left by a journal-unaware writer, is dropped)
+    ext.area_size = 0;
+    if (ext.sector_size != 512 && ext.sector_size != 4096) ext.sector_size = 512;
+    ext.flags = new_lazy ? kJournalFlagDirtyRefcounts : 0;
+    h.journal = EncodeJournalExtension(ext);
+    h.autoclear_features &= ~kAutoclearJournalValid;
+  } else {
+    h.journal.reset();
+    h.autoclear_features &= ~kAutoclearJournalValid;
+  }
   if (downgrade) {
     h.version = 2;
     h.header_length = kV2HeaderLength;

@@ -48,9 +48,9 @@ struct AmendRequest {
   // size=: applied by the caller through the engine (Image::Resize), before
   // AmendImage, as QEMU resizes before it downgrades.
   std::optional<uint64_t> size;
-  // The metadata journal (qcow2j's extension) goes here when the engine has
-  // it: journal=on|off is parsed by the CLI's ParseAmendOptions, and applied
-  // in AmendImage at the place marked there.
+  // journal=on|off: the metadata journal (qcow2j's header extension; an
+  // idle journal on a closed image has no area, so nothing else changes).
+  std::optional<bool> journal;
 };
 
 // Applies `req` to the header of a closed qcow2 image, in QEMU's order:

@@ -10,7 +10,7 @@ flavour=${1:-release}
 jobs=$(nproc)
 case "$flavour" in
   release) dir=build; args=() ;;
-  asan) dir=build-asan; args=(-DCMAKE_BUILD_TYPE=Debug "-DQCOW2J_SANITIZE=address;undefined") ;;
+  asan) dir=build-asan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DQCOW2J_SANITIZE=address;undefined") ;;
   tsan) dir=build-tsan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DQCOW2J_SANITIZE=thread) ;;
   fuzz) dir=build-fuzz; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang
                               -DCMAKE_CXX_COMPILER=clang++ -DQCOW2J_FUZZ=ON -DQCOW2J_TESTS=OFF

@@ -333,6 +333,45 @@ TEST(Amend, RefusalsUseQemusMessages) {
   EXPECT_EQ(Info(d.Path("e.qcow2"), "format-specific.data.compat"), "1.1");
 }
 
+// A field of our own info JSON ("<absent>" when missing).
+std::string OurInfo(const std::string& img, const std::string& dotted) {
+  RunResult r = Ours("info --output=json " + Quote(img));
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  auto j = ParseJson(r.out);
+  if (!j) return "<bad json>";
+  const Json* v = j->At(dotted);
+  if (!v) return "<absent>";
+  return v->type == Json::Type::kString ? v->str : v->ToString();
+}
+
+TEST(Amend, JournalOnAndOff) {
+  test::TempDir d;
+  const std::string img = d.Path("q.qcow2");
+  Must(test::Run("qemu-img create -q -f qcow2 " + Quote(img) + " 64M"));
+  EXPECT_EQ(OurInfo(img, "format-specific.data.journal"), "<absent>");
+  Must(Ours("amend -o journal=on " + Quote(img)));
+  EXPECT_EQ(OurInfo(img, "format-specific.data.journal"), "true");
+  // The journal is used from the next read-write open on, and a clean close
+  // leaves plain qcow2 again.
+  Must(Ours("io -c 'write -P 0x3c 0 64k' -c flush " + Quote(img)));
+  Must(test::Run("qemu-img check " + Quote(img)));
+  Must(Ours("amend -o journal=on,lazy_refcounts=on " + Quote(img)));
+  EXPECT_EQ(OurInfo(img, "format-specific.data.journal-refcounts"), "dirty");
+  Must(Ours("amend -o journal=off " + Quote(img)));
+  EXPECT_EQ(OurInfo(img, "format-specific.data.journal"), "<absent>");
+  RunResult r = Ours("amend -o journal=maybe " + Quote(img));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("Parameter 'journal' expects 'on' or 'off'"), std::string::npos) << r.err;
+  r = Ours("amend -o journal=on,compat=0.10 " + Quote(img));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("journal=on requires compat=1.1"), std::string::npos) << r.err;
+  // A downgrade drops an idle journal (v2 cannot lock QEMU out).
+  Must(Ours("amend -o journal=on " + Quote(img)));
+  Must(Ours("amend -o compat=0.10 " + Quote(img)));
+  EXPECT_EQ(Info(img, "format-specific.data.compat"), "0.10");
+  Must(test::Run("qemu-io -r -c 'read -P 0x3c 0 64k' " + Quote(img)));
+}
+
 // ---------------------------------------------------------------- measure
 
 // Runs measure with `args` through both tools: same stdout, same exit code.

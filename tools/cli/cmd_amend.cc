@@ -36,9 +36,8 @@ bool CreateOnly(const std::string& key) {
 
 }  // namespace
 
-// Maps the -o list onto an AmendRequest. This is where a new amend option
-// is parsed: `journal=on|off` (the metadata journal) belongs here next to
-// lazy_refcounts, with a field in AmendRequest that AmendImage applies.
+// Maps the -o list onto an AmendRequest (each option a field that
+// AmendImage applies).
 Status ParseAmendOptions(const OptionList& list, AmendRequest* req) {
   for (const auto& [key, value] : list) {
     if (key == "compat") {
@@ -53,6 +52,10 @@ Status ParseAmendOptions(const OptionList& list, AmendRequest* req) {
       auto b = ParseBool(value);
       if (!b.ok()) return Status::InvalidArgument("Parameter 'lazy_refcounts' expects 'on' or 'off'");
       req->lazy_refcounts = *b;
+    } else if (key == "journal") {
+      auto b = ParseBool(value);
+      if (!b.ok()) return Status::InvalidArgument("Parameter 'journal' expects 'on' or 'off'");
+      req->journal = *b;
     } else if (key == "refcount_bits") {
       auto v = ParseUint(value);
       if (!v.ok()) return Status::InvalidArgument("Parameter 'refcount_bits' expects a number");
