@@ -86,9 +86,8 @@ Status ValidateJournalExtension(const JournalExtension& ext, uint32_t cluster_bi
                                 " has unknown bits " +
                                 JournalHex(ext.flags & ~kJournalKnownFlags));
   }
-  // No area: the journal is enabled for the image but idle (cleanly closed).
+  // No area (an idle journal): area_size is the size the next one gets.
   if (ext.area_offset == 0 && ext.area_size == 0) return Status::OK();
-  if (ext.area_offset == 0) return ExtError("area_offset", 0, "is zero (the header cluster)");
   if (ext.area_offset % cluster_size != 0) {
     return ExtError("area_offset", ext.area_offset,
                     "is not aligned to the cluster size " + std::to_string(cluster_size));

@@ -56,10 +56,11 @@ struct JournalExtension {
   uint32_t flags = 0;
 
   bool dirty_refcounts() const { return flags & kJournalFlagDirtyRefcounts; }
-  // area_offset == area_size == 0: the image uses the journal, but no area is
-  // allocated (between sessions; the engine allocates one when it first
-  // commits, and frees it at a clean close).
-  bool has_area() const { return area_size != 0; }
+  // area_offset == 0: the image uses the journal, but no area is allocated
+  // (between sessions; the engine allocates one when it first commits, and
+  // frees it at a clean close). area_size is then the size to allocate
+  // (0: the engine's default).
+  bool has_area() const { return area_offset != 0; }
   // Offsets below are relative to area_offset.
   uint64_t superblock_offset(uint32_t slot) const { return uint64_t{slot} * sector_size; }
   uint64_t ring_start() const { return uint64_t{kJournalSuperblockSlots} * sector_size; }

@@ -212,7 +212,6 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
       if (cur.ok()) ext = *cur;
     }
     ext.area_offset = 0;  // idle (a stale area, left by a journal-unaware writer, is dropped)
-    ext.area_size = 0;
     if (ext.sector_size != 512 && ext.sector_size != 4096) ext.sector_size = 512;
     ext.flags = new_lazy ? kJournalFlagDirtyRefcounts : 0;
     h.journal = EncodeJournalExtension(ext);

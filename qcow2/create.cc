@@ -170,7 +170,8 @@ Status CreateQcow2(const std::string& path, const CreateOptions& opts_in) {
       // session allocates one, a clean close frees it (docs/journal-format.md).
       JournalExtension ext;
       ext.area_offset = 0;
-      ext.area_size = 0;
+      // The size later sessions allocate: a whole number of clusters.
+      ext.area_size = o.journal_size ? (o.journal_size + o.cluster_size - 1) / o.cluster_size * o.cluster_size : 0;
       ext.sector_size = 512;
       ext.flags = o.lazy_refcounts ? kJournalFlagDirtyRefcounts : 0;
       h.journal = EncodeJournalExtension(ext);

@@ -78,7 +78,8 @@ bool Qcow2Image::OverlapsUnconfirmedLocked(uint64_t host, uint64_t len) const {
 
 Status Qcow2Image::StartJournalSessionLocked() {
   JournalExtension ext = *jext_;
-  ext.area_size = std::max<uint64_t>(kJournalAreaBytes, 4 * cluster_size_);
+  // The idle extension's area_size is the size asked for at create (0: default).
+  ext.area_size = std::max<uint64_t>(ext.area_size ? ext.area_size : kJournalAreaBytes, 4 * cluster_size_);
   ext.sector_size = file_->alignment() > 512 ? 4096 : 512;
   QCOW2J_ASSIGN_OR_RETURN(ext.area_offset, refcounts_->Allocate(ext.area_size >> cluster_bits_));
   QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, cluster_bits_));
@@ -293,8 +294,7 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
   }
   const JournalExtension area = *jext_;
   JournalExtension idle = *jext_;
-  idle.area_offset = 0;
-  idle.area_size = 0;
+  idle.area_offset = 0;  // area_size stays: the size the next session allocates
   header_.journal = EncodeJournalExtension(idle);
   header_.incompatible_features &= ~kIncompatJournal;
   // Dirty-refcount mode: every refcount was just written in place (unless
@@ -386,10 +386,23 @@ Status Qcow2Image::ReplayJournal() {
     if (!plan.ok())
       return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
                                     "rebuilds the metadata without it");
-    for (const JournalTransaction& t : plan->kept)
-      for (const JournalRecord& r : t.records)
-        QCOW2J_RETURN_IF_ERROR(ApplyJournalRecord(r).Annotate(
-            "image '" + path_ + "': replaying journal transaction " + std::to_string(t.sequence)));
+    for (const JournalTransaction& t : plan->kept) {
+      for (const JournalRecord& r : t.records) {
+        Status s = ApplyJournalRecord(r);
+        if (!s.ok())
+          return s.Annotate("image '" + path_ + "': replaying journal transaction " + std::to_string(t.sequence));
+      }
+      // The replayed tables are held dirty in memory. A writer puts them in
+      // place when they pile up (replay is idempotent, so a crash meanwhile
+      // just replays again); a reader has nowhere to put them.
+      if (l2_cache_->dirty_count() > std::max<size_t>(4 * l2_cache_->capacity(), 1024)) {
+        if (read_only_)
+          return Status::NotSupported("image '" + path_ + "': replaying its journal needs more than " +
+                                      std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
+                                      " MiB of memory; open it read-write to replay it in place");
+        QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+      }
+    }
     report = DescribeReplay(*plan);
     if (!(header_.autoclear_features & kAutoclearJournalValid))
       report += " (the journal-valid bit was clear; replayed because the journal bit was set)";

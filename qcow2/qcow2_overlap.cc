@@ -64,7 +64,7 @@ Status Qcow2Image::BuildMetadataMap() {
   if (header_.journal && header_.journal->size() >= 16) {
     const auto* p = reinterpret_cast<const uint8_t*>(header_.journal->data());
     // Live only while the journal bit is set (an idle journal has no area).
-    if (LoadBE64(p + 8) && (header_.incompatible_features & kIncompatJournal))
+    if (LoadBE64(p) && LoadBE64(p + 8) && (header_.incompatible_features & kIncompatJournal))
       (void)m.Add(LoadBE64(p), RoundUp(LoadBE64(p + 8), cs), MetadataKind::kJournal);
   }
   m.set_on_overlap([this](const Status& why) { MarkCorrupt(why); });

@@ -572,7 +572,7 @@ class Scanner {
     // An idle journal has no area. An area is live (referenced) only while
     // the journal bit is set; a clean close frees it in the same header
     // write that clears the bit.
-    if (off == 0 && size == 0) return;
+    if (off == 0) return;
     if (!(h_.incompatible_features & kIncompatJournal)) return;
     if ((off & (cs_ - 1)) || off == 0) {
       Problem("journal", off, "ERROR qcow2j journal area offset " + HexStr(off) +

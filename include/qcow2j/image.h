@@ -50,6 +50,7 @@ struct CreateOptions {
   std::string data_file;            // external data file
   bool data_file_raw = false;
   bool journal = true;              // metadata journal (qcow2j extension)
+  uint64_t journal_size = 0;        // its area for each read-write session; 0 = 8 MiB
 };
 
 struct SnapshotInfo {

@@ -73,12 +73,32 @@ struct BadExtension {
   Code code;
 };
 
+TEST(JournalExtensionTest, IdleJournalHasNoArea) {
+  // A cleanly closed image: no area; area_size is what the next session
+  // allocates (0: the default).
+  for (uint64_t size : {uint64_t{0}, uint64_t{64} << 20}) {
+    JournalExtension ext = ValidExtension();
+    ext.area_offset = 0;
+    ext.area_size = size;
+    Result<JournalExtension> r = DecodeJournalExtension(EncodeJournalExtension(ext), kClusterBits);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_FALSE(r->has_area());
+    EXPECT_EQ(r->area_size, size);
+  }
+}
+
 TEST(JournalExtensionTest, EveryRuleNamesItsField) {
   const BadExtension cases[] = {
       {"sector_size", [](JournalExtension* e) { e->sector_size = 1024; }, Code::kCorruption},
       {"sector_size", [](JournalExtension* e) { e->sector_size = 0; }, Code::kCorruption},
       {"flags", [](JournalExtension* e) { e->flags |= 1u << 7; }, Code::kNotSupported},
-      {"area_offset", [](JournalExtension* e) { e->area_offset = 0; }, Code::kCorruption},
+      // Idle (no area) but asking for a ring that breaks the size rules.
+      {"area_size",
+       [](JournalExtension* e) {
+         e->area_offset = 0;
+         e->area_size = 4096 * 3;
+       },
+       Code::kCorruption},
       {"area_offset", [](JournalExtension* e) { e->area_offset += 512; }, Code::kCorruption},
       {"area_offset", [](JournalExtension* e) { e->area_offset = 1ull << 60; },
        Code::kCorruption},

@@ -28,6 +28,7 @@ constexpr OptionDesc kOptions[] = {
     {"lazy_refcounts", "Postpone refcount updates", true, false},
     {"refcount_bits", "Width of a reference count entry in bits", true, false},
     {"journal", "qcow2j metadata journal (on/off)", true, false},
+    {"journal_size", "qcow2j journal area allocated for each read-write session (default 8M)", true, false},
 };
 
 const OptionDesc* Find(const std::string& name, const std::string& format) {
@@ -76,6 +77,7 @@ Status Apply(const std::string& key, const std::string& value, CreateSpec* spec)
   if (key == "lazy_refcounts") return as_bool(&o.lazy_refcounts);
   if (key == "data_file_raw") return as_bool(&o.data_file_raw);
   if (key == "journal") return as_bool(&o.journal);
+  if (key == "journal_size") return as_size(&o.journal_size);
   if (key == "compat") {
     if (value == "0.10" || value == "v2") {
       o.version = 2;
