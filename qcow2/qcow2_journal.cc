@@ -82,19 +82,31 @@ Status Qcow2Image::StartJournalSessionLocked() {
   ext.area_size = std::max<uint64_t>(ext.area_size ? ext.area_size : kJournalAreaBytes, 4 * cluster_size_);
   ext.sector_size = file_->alignment() > 512 ? 4096 : 512;
   QCOW2J_ASSIGN_OR_RETURN(ext.area_offset, refcounts_->Allocate(ext.area_size >> cluster_bits_));
-  QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, cluster_bits_));
-  QCOW2J_ASSIGN_OR_RETURN(JournalSuperblock sb, FormatJournal(file_.get(), ext));
-  // From here on QEMU refuses the image until a clean close (or recovery)
-  // clears the bit; in dirty-refcount mode the dirty bit says the refcounts
-  // on disk may be stale.
-  header_.journal = EncodeJournalExtension(ext);
-  header_.incompatible_features |= kIncompatJournal;
-  if (jdirty_refcounts_) header_.incompatible_features |= kIncompatDirty;
-  header_.autoclear_features |= kAutoclearJournalValid;
-  QCOW2J_RETURN_IF_ERROR(RewriteHeader());
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  const Header saved = header_;
+  Status s = [&]() -> Status {
+    QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, cluster_bits_));
+    QCOW2J_ASSIGN_OR_RETURN(JournalSuperblock sb, FormatJournal(file_.get(), ext));
+    // From here on QEMU refuses the image until a clean close (or recovery)
+    // clears the bit; in dirty-refcount mode the dirty bit says the
+    // refcounts on disk may be stale.
+    header_.journal = EncodeJournalExtension(ext);
+    header_.incompatible_features |= kIncompatJournal;
+    if (jdirty_refcounts_) header_.incompatible_features |= kIncompatDirty;
+    header_.autoclear_features |= kAutoclearJournalValid;
+    QCOW2J_RETURN_IF_ERROR(RewriteHeader());
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    jwriter_ = std::make_unique<JournalWriter>(file_.get(), ext, sb);
+    return Status::OK();
+  }();
+  if (!s.ok()) {
+    // Nothing references the area yet (a header that did land names an
+    // empty ring, which recovery closes): give its clusters back, or the
+    // retry would allocate another and this one would leak.
+    header_ = saved;
+    (void)refcounts_->ReplaySet(ext.area_offset >> cluster_bits_, ext.area_size >> cluster_bits_, 0);
+    return s;
+  }
   jext_ = ext;
-  jwriter_ = std::make_unique<JournalWriter>(file_.get(), ext, sb);
   (void)metadata_map_->Add(ext.area_offset, ext.area_size, MetadataKind::kJournal);  // overlap-guard
   return Status::OK();
 }

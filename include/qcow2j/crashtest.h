@@ -85,6 +85,7 @@ class CrashWorkload {
     bool extended_l2 = false;
     bool backing = false;  // a qcow2 backing file with some data
     bool journal = true;   // CreateOptions::journal
+    bool lazy_refcounts = false;  // with the journal: dirty-refcount mode
     uint64_t seed = 1;     // backing data layout
     // When set, the engine's I/O goes through the Env this returns (given
     // the crash-recording Env underneath), e.g. a fault-injecting one.

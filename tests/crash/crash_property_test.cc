@@ -178,6 +178,8 @@ TEST(CrashTest, RapidCheckStatefulRequestsAndCrashes) {
         c.cluster_size = *rc::gen::element(1024u, 4096u, 16384u, 65536u);
         c.extended_l2 = c.cluster_size >= 16384 && *rc::gen::arbitrary<bool>();
         c.backing = *rc::gen::arbitrary<bool>();
+        c.journal = *rc::gen::arbitrary<bool>();
+        c.lazy_refcounts = *rc::gen::arbitrary<bool>();
         c.size = 8ull << 20;
         c.seed = *rc::gen::inRange<uint64_t>(1, 1000);
         auto w = CrashWorkload::Create(c);
