@@ -97,6 +97,20 @@ void ExpectIdentical(const std::string& a, const std::string& b) {
   EXPECT_NE(r.out.find("Images are identical."), std::string::npos) << r.Describe();
 }
 
+// The bytes of the extents of `qemu-img map --output=json` that `pick` selects.
+template <typename Pick>
+uint64_t MappedBytes(const std::string& img, Pick pick) {
+  RunResult map = test::Run("qemu-img map --output=json " + Quote(img));
+  EXPECT_TRUE(map.ok()) << map.Describe();
+  std::optional<Json> j = ParseJson(map.out);
+  EXPECT_TRUE(j && j->is_array()) << map.out;
+  uint64_t bytes = 0;
+  for (const Json& e : j ? j->arr : std::vector<Json>{}) {
+    if (pick(e)) bytes += std::stoull(e.Get("length")->str);
+  }
+  return bytes;
+}
+
 // What qemu-img reads out of `img`, as raw bytes.
 std::string QemuRaw(const TempDir& d, const std::string& img) {
   std::string out = d.Path("qemu-view.raw");
@@ -150,15 +164,7 @@ TEST_P(CompressedLayoutTest, ConvertCompressedReadsBackInQemu) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(l.cluster, size - off));
     if (data.find_first_not_of('\0', off) >= off + n) zero_bytes += n;
   }
-  RunResult map = test::Run("qemu-img map --output=json " + Quote(img));
-  ASSERT_TRUE(map.ok()) << map.Describe();
-  std::optional<Json> mj = ParseJson(map.out);
-  ASSERT_TRUE(mj && mj->is_array()) << map.out;
-  uint64_t unallocated = 0;
-  for (const Json& e : mj->arr) {
-    if (!e.Get("present")->b) unallocated += std::stoull(e.Get("length")->str);
-  }
-  EXPECT_EQ(unallocated, zero_bytes);
+  EXPECT_EQ(MappedBytes(img, [](const Json& e) { return !e.Get("present")->b; }), zero_bytes);
   if (l.cluster <= 65536) {
     EXPECT_GT(zero_bytes, 0u) << "the data should have zero clusters";
   }
@@ -459,16 +465,10 @@ TEST(ConvertTest, BackingFileTarget) {
     ASSERT_TRUE(r.ok()) << r.Describe();
     ExpectIdentical(top, out);
     CheckClean(out);
-    RunResult map = test::Run("qemu-img map --output=json " + Quote(out));
-    ASSERT_TRUE(map.ok()) << map.Describe();
-    std::optional<Json> j = ParseJson(map.out);
-    ASSERT_TRUE(j && j->is_array()) << map.out;
     // [64k, 1M) and [2M, 3M) come from the backing file (depth 1).
-    uint64_t from_backing = 0;
-    for (const Json& e : j->arr) {
-      if (e.Get("depth")->str == "1" && e.Get("data")->b) from_backing += std::stoull(e.Get("length")->str);
-    }
-    EXPECT_EQ(from_backing, 2 * kMiB - 64 * kKiB) << map.out;
+    uint64_t from_backing = MappedBytes(
+        out, [](const Json& e) { return e.Get("depth")->str == "1" && e.Get("data")->b; });
+    EXPECT_EQ(from_backing, 2 * kMiB - 64 * kKiB);
   }
   RunResult r = test::Run(Cli() + " convert -O qcow2 -B base.qcow2 " + Quote(top) + " " + Quote(d.Path("x.qcow2")));
   EXPECT_FALSE(r.ok());

@@ -392,7 +392,7 @@ int CmdConvert(int argc, char** argv) {
       return j.zero;
     });
   }
-  const uint64_t cluster = compress ? std::max<uint64_t>(sink->cluster_size(), 512) : 0;
+  const uint64_t granularity = compress ? std::max<uint64_t>(sink->cluster_size(), 512) : sparse;
 
   prog.enabled = progress;
   prog.total = size;
@@ -418,23 +418,11 @@ int CmdConvert(int argc, char** argv) {
         }
       } else if (Status st = (*src)->Read(j.offset, buf.get(), j.length); !st.ok()) {
         fail("error while reading at byte " + std::to_string(j.offset) + ": " + st.message());
-      } else if (compress) {
-        // Runs of whole clusters: the non-zero ones compressed, the zero
-        // ones left unallocated (or zeroed where the target may hold
-        // something else there).
-        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, cluster, !write_zeros)) {
-          Status ws = r.zero ? sink->Zero(j.offset + r.offset, r.length)
-                             : sink->Write(j.offset + r.offset, buf.get() + r.offset, r.length);
-          if (!ws.ok()) {
-            fail("error while writing at byte " + std::to_string(j.offset + r.offset) + ": " +
-                 ws.message());
-            break;
-          }
-        }
       } else {
         // Write the runs that are not all zeros (sparse granularity -S; 0
-        // disables detection). A fresh target already reads as zeros.
-        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, sparse, !write_zeros)) {
+        // disables detection; with -c whole clusters, compressed by the
+        // sink). A fresh target already reads as zeros.
+        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, granularity, !write_zeros)) {
           Status ws = r.zero ? sink->Zero(j.offset + r.offset, r.length)
                              : sink->Write(j.offset + r.offset, buf.get() + r.offset, r.length);
           if (!ws.ok()) {
