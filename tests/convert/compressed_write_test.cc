@@ -192,6 +192,7 @@ TEST_P(CompressedLayoutTest, IoWriteCompressedReadsBackInQemuIo) {
       "write -c -P 0x22 " + std::to_string(cs) + " " + std::to_string(3 * cs),
       "write -c -P 0x33 " + std::to_string(8 * cs) + " " + std::to_string(2 * cs),
       "write -c -P 0x44 " + std::to_string(tail) + " " + std::to_string(size - tail),
+      "write -c " + std::to_string(12 * cs) + " " + std::to_string(cs),  // qemu-io's pattern 0xcd
       // Read back in the same process: the clusters may still be in the cache.
       "read -P 0x22 " + std::to_string(cs) + " " + std::to_string(3 * cs),
       "read -P 0x44 " + std::to_string(tail) + " " + std::to_string(size - tail)};
@@ -205,13 +206,14 @@ TEST_P(CompressedLayoutTest, IoWriteCompressedReadsBackInQemuIo) {
        {"read -P 0x11 0 " + std::to_string(cs), "read -P 0x22 " + std::to_string(cs) + " " + std::to_string(3 * cs),
         "read -P 0 " + std::to_string(4 * cs) + " " + std::to_string(4 * cs),
         "read -P 0x33 " + std::to_string(8 * cs) + " " + std::to_string(2 * cs),
+        "read -P 0xcd " + std::to_string(12 * cs) + " " + std::to_string(cs),
         "read -P 0x44 " + std::to_string(tail) + " " + std::to_string(size - tail)})
     q += " -c " + Quote(c);
   r = test::Run(q + " " + Quote(img));
   ASSERT_TRUE(r.ok()) << r.Describe();
   EXPECT_EQ(r.out.find("Pattern verification failed"), std::string::npos) << r.Describe();
   Json check = CheckClean(img);
-  EXPECT_EQ(CompressedClusters(check), 7u) << "0, 1-3, 8-9 and the partial last cluster";
+  EXPECT_EQ(CompressedClusters(check), 8u) << "0, 1-3, 8-9, 12 and the partial last cluster";
 }
 
 INSTANTIATE_TEST_SUITE_P(
