@@ -184,15 +184,6 @@ Status DecompressZstd(std::span<const uint8_t> src, std::span<uint8_t> dst) {
 
 }  // namespace
 
-bool LikelyIncompressible(std::span<const uint8_t> src) {
-  thread_local std::unique_ptr<ZSTD_CCtx, ZstdCCtxFree> cctx(ZSTD_createCCtx());
-  thread_local std::vector<uint8_t> out;
-  if (!cctx || src.size() < 2) return false;
-  out.resize(src.size() - 1);
-  size_t r = ZSTD_compressCCtx(cctx.get(), out.data(), out.size(), src.data(), src.size(), 1);
-  return ZSTD_isError(r) && ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall;
-}
-
 Status DecompressCluster(CompressionType type, std::span<const uint8_t> src,
                          std::span<uint8_t> dst) {
   if (src.size() > UINT_MAX || dst.size() > UINT_MAX) {

@@ -23,12 +23,6 @@ Status DecompressCluster(CompressionType type, std::span<const uint8_t> src, std
 // uncompressed then).
 Result<size_t> CompressCluster(CompressionType type, std::span<const uint8_t> src, std::span<uint8_t> dst);
 
-// A cheap test (zstd's fastest level, several times quicker than deflate)
-// that `src` will not compress at all: true when that cannot shrink it by a
-// single byte. Random or already compressed data then skips the real codec,
-// whose result would be thrown away anyway.
-bool LikelyIncompressible(std::span<const uint8_t> src);
-
 }  // namespace qcow2j
 
 #endif  // QCOW2J_QCOW2_COMPRESSION_H_

@@ -95,10 +95,6 @@ Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len)
         std::memcpy(padded.data(), src + at, n);
         in = std::span<const uint8_t>(padded);
       }
-      // zstd gives up on incompressible data about as fast as the probe
-      // would; deflate does not (it costs as much as on text), so a probe
-      // spares it that work.
-      if (type == CompressionType::kZlib && LikelyIncompressible(in)) continue;
       std::span<uint8_t> dst(out.data() + at, cluster_size_);
       QCOW2J_ASSIGN_OR_RETURN(zlen[i], CompressCluster(type, in, dst));
     }
