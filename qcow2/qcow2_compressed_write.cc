@@ -174,6 +174,7 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
     if (r.base && r.clusters * cs == r.capacity) QCOW2J_RETURN_IF_ERROR(WriteOutRunLocked(false));
     QCOW2J_ASSIGN_OR_RETURN(uint64_t c, refcounts_->Allocate(1));
     if (r.base && c == r.base + r.clusters * cs) {
+      std::lock_guard<std::mutex> g(zcache_mu_);
       r.clusters++;  // contiguous: the data may span into it
     } else {
       Status s = r.base ? FinishCompressedRunLocked() : Status::OK();
