@@ -7,7 +7,7 @@
 // qemu-img gets its speed with coroutines.
 //
 // With -c the jobs are 2 MiB chunks aligned to the target's clusters; each
-// worker (-m of them, one per core by default) reads a chunk and hands its
+// worker (-m of them, two per core by default) reads a chunk and hands its
 // non-zero clusters to WriteCompressed, which compresses them in that
 // worker's thread and packs them through the engine's compressed-write
 // cache, in whatever order the chunks finish. Zero clusters stay
@@ -436,11 +436,14 @@ int CmdConvert(int argc, char** argv) {
       prog.Show(false);
     }
   };
-  // Compression is CPU bound: one worker per core unless -m says otherwise.
-  // Plain copies are I/O bound: a few reads in flight are enough.
+  // Compression is CPU bound, but each worker also waits for its reads and
+  // (O_DIRECT) writes: two workers per core keep every core compressing,
+  // unless -m says otherwise. Plain copies are I/O bound: a few reads in
+  // flight are enough.
   size_t nthreads = std::min<size_t>(std::max<size_t>(coroutines / 2, 1), 4);
   if (compress) {
-    nthreads = threads_given ? coroutines : std::max(1u, std::thread::hardware_concurrency());
+    nthreads = threads_given ? coroutines
+                             : std::min(16u, 2 * std::max(1u, std::thread::hardware_concurrency()));
   }
   std::vector<std::thread> threads;
   for (size_t t = 0; t < nthreads; t++) threads.emplace_back(worker);
