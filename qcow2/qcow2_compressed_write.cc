@@ -30,6 +30,8 @@
 // Readers of a compressed cluster still in the run get its bytes from the
 // buffer (ReadHostCompressed); the buffer only moves on (base advances)
 // after the clusters it drops are on disk.
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -56,6 +58,7 @@ void Qcow2Image::StoreL2EntryLocked(TableCache::Table* slice, uint8_t* entry, ui
   StoreBE64(entry, raw);
   if (header_.extended_l2()) StoreBE64(entry + 8, bitmap);
   l2_cache_->MarkDirty(slice);
+  NoteL2ChangeLocked(slice, entry);
 }
 
 Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len) {
@@ -173,6 +176,15 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
     // One more host cluster (n < cs: one is enough). Make room first.
     if (r.base && r.clusters * cs == r.capacity) QCOW2J_RETURN_IF_ERROR(WriteOutRunLocked(false));
     QCOW2J_ASSIGN_OR_RETURN(uint64_t c, refcounts_->Allocate(1));
+    // Bytes the last journal commit checksummed stay as they are until a
+    // later frame confirms it (docs/journal-format.md, "Writing", rule 2).
+    if (journal_on_ && OverlapsUnconfirmedLocked(c, cs)) {
+      Status s = ConfirmLocked();
+      if (!s.ok()) {
+        decrements_.push_back({c, false});
+        return s;
+      }
+    }
     if (r.base && c == r.base + r.clusters * cs) {
       std::lock_guard<std::mutex> g(zcache_mu_);
       r.clusters++;  // contiguous: the data may span into it
@@ -216,7 +228,17 @@ Status Qcow2Image::WriteOutRunLocked(bool all) {
   }
   // The buffer only changes under meta_mu_, which we hold: readers may copy
   // from it meanwhile, nobody writes it.
-  if (bytes) QCOW2J_RETURN_IF_ERROR(file_->Write(r.base, r.buf.get(), bytes));
+  if (bytes) {
+    QCOW2J_RETURN_IF_ERROR(GuardWrite(r.base, bytes, MetadataKind::kData));  // overlap-guard
+    Status s = file_->Write(r.base, r.buf.get(), bytes);
+    if (!s.ok()) {
+      NoteDataLossLocked();
+      return s;
+    }
+    // Each range is written once in a transaction (the run ends at every
+    // flush), so the journal can vouch for it by its checksum.
+    if (JournalChecksums()) NoteChecksumLocked(r.base, bytes, XXH64(r.buf.get(), bytes, 0));
+  }
   if (full == 0) return Status::OK();
   // Slide the written clusters out; only now, as they are on disk, may
   // readers stop finding them in the buffer.

@@ -257,6 +257,7 @@ struct ModelCase {
   const char* opts;
   uint32_t cluster;
   uint32_t seed;
+  bool journal = false;  // created by qcow2j with its metadata journal, else by qemu-img
 };
 
 class CompressedModelTest : public ::testing::TestWithParam<ModelCase> {};
@@ -267,8 +268,11 @@ TEST_P(CompressedModelTest, MixedOperationsMatchModel) {
   TempDir d;
   const std::string img = d.Path("m.qcow2");
   const uint64_t cs = mc.cluster, clusters = 48, size = clusters * cs;
-  ASSERT_TRUE(Must("qemu-img create -q -f qcow2 -o " + std::string(mc.opts) + ",cluster_size=" +
-                   std::to_string(cs) + " " + Quote(img) + " " + std::to_string(size)));
+  const std::string opts = std::string(mc.opts) + ",cluster_size=" + std::to_string(cs);
+  ASSERT_TRUE(Must(mc.journal ? Cli() + " create -q -f qcow2 -o " + opts + ",journal=on " + Quote(img) + " " +
+                                    std::to_string(size)
+                              : "qemu-img create -q -f qcow2 -o " + opts + " " + Quote(img) + " " +
+                                    std::to_string(size)));
   std::string model(size, '\0');
   std::mt19937 rng(mc.seed);
   {
@@ -324,7 +328,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, CompressedModelTest,
                                            ModelCase{"compression_type=zlib", 512, 3},
                                            ModelCase{"compression_type=zstd,extended_l2=on", 65536, 4},
                                            ModelCase{"compression_type=zlib,refcount_bits=1", 4096, 5},
-                                           ModelCase{"compression_type=zstd,refcount_bits=2", 2048, 6}));
+                                           ModelCase{"compression_type=zstd,refcount_bits=2", 2048, 6},
+                                           ModelCase{"compression_type=zlib", 65536, 7, true},
+                                           ModelCase{"compression_type=zstd,extended_l2=on", 16384, 8, true}));
 
 // Many threads writing compressed clusters at once while others read them:
 // every read sees either zeros or the final data, never garbage.
