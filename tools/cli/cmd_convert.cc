@@ -28,6 +28,7 @@
 #include "tools/cli/cli.h"
 #include "tools/cli/create_options.h"
 #include "tools/cli/no_flush_env.h"
+#include "tools/cli/progress.h"
 #include "tools/cli/zero_detect.h"
 
 namespace qcow2j::cli {
@@ -125,24 +126,32 @@ class ImageSink : public Sink {
   bool compress_;
 };
 
-struct Progress {
-  bool enabled = false;
-  uint64_t total = 0;
-  std::atomic<uint64_t> done{0};
-  std::mutex mu;
-  int last_shown = -1;  // in hundredths of a percent
-  void Show(bool final) {
-    if (!enabled) return;
-    std::lock_guard<std::mutex> l(mu);
-    uint64_t d = done.load();
-    int hundredths = total ? static_cast<int>(d * 10000 / total) : 10000;
-    if (final) hundredths = 10000;
-    // qemu-img refreshes at whole percent steps; so do we.
-    if (!final && hundredths / 100 == last_shown / 100) return;
-    last_shown = hundredths;
-    std::printf("    (%d.%02d/100%%)\r%s", hundredths / 100, hundredths % 100, final ? "\n" : "");
-    std::fflush(stdout);
+// The shared progress line, fed by every worker.
+class ConvertProgress {
+ public:
+  explicit ConvertProgress(bool enabled) : bar_(enabled, 1.0) {}
+  void Start(uint64_t total) {
+    std::lock_guard<std::mutex> l(mu_);
+    total_ = total;
+    bar_.Start();
   }
+  // Bytes known to need no work (counted before Start).
+  void Skip(uint64_t n) { done_ += n; }
+  void Add(uint64_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ += n;
+    bar_.SetFraction(done_, total_);
+  }
+  void Finish() {
+    std::lock_guard<std::mutex> l(mu_);
+    bar_.Set(100);
+    bar_.End();
+  }
+
+ private:
+  std::mutex mu_;
+  Progress bar_;
+  uint64_t total_ = 0, done_ = 0;
 };
 
 // Opens the source at an internal snapshot given as -l/-s: "snapshot.id=N",
@@ -348,7 +357,7 @@ int CmdConvert(int argc, char** argv) {
 
   // The job list, from the source's block status.
   const bool write_zeros = no_create || has_backing;  // else the target reads as zeros already
-  Progress prog;
+  ConvertProgress prog(progress);
   std::vector<Extent> extents;
   for (uint64_t off = 0; off < size;) {
     auto bs = (*src)->GetBlockStatus(off, size - off);
@@ -360,7 +369,7 @@ int CmdConvert(int argc, char** argv) {
     }
     uint64_t len = std::min(bs->length, size - off);
     if (has_backing && (bs->depth > 0 || !bs->present)) {
-      prog.done += len;  // from the source's backing file: the target's backing has it
+      prog.Skip(len);  // from the source's backing file: the target's backing has it
     } else if (!extents.empty() && extents.back().zero == bs->zero &&
                extents.back().offset + extents.back().length == off) {
       extents.back().length += len;
@@ -388,15 +397,13 @@ int CmdConvert(int argc, char** argv) {
   // Zero jobs that need no write count as done at once.
   if (!write_zeros) {
     std::erase_if(jobs, [&](const Job& j) {
-      if (j.zero) prog.done += j.length;
+      if (j.zero) prog.Skip(j.length);
       return j.zero;
     });
   }
   const uint64_t granularity = compress ? std::max<uint64_t>(sink->cluster_size(), 512) : sparse;
 
-  prog.enabled = progress;
-  prog.total = size;
-  prog.Show(false);
+  prog.Start(size);
 
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -432,8 +439,7 @@ int CmdConvert(int argc, char** argv) {
           }
         }
       }
-      prog.done += j.length;
-      prog.Show(false);
+      prog.Add(j.length);
     }
   };
   // Compression is CPU bound, but each worker also waits for its reads and
@@ -459,7 +465,7 @@ int CmdConvert(int argc, char** argv) {
     PrintErrorF("error while closing '%s': %s", dst_path.c_str(), fin.message().c_str());
     return 1;
   }
-  prog.Show(true);
+  prog.Finish();
   return 0;
 }
 
