@@ -50,10 +50,10 @@ Status RefcountManager::Load() {
       return Status::Corruption("refcount table entry " + std::to_string(i) + " (" + Hex(off) +
                                 ") is not aligned to the cluster size");
     // Blocks past the end of the file would be allocated over by appends.
-    if (off) end_ = std::max(end_, off + cluster_size_);
+    if (off) end_ = std::max(end_.load(), off + cluster_size_);
     if (off) (void)Claim(off, cluster_size_, MetadataKind::kRefcountBlock);  // overlap-guard
   }
-  end_ = std::max(end_, table_offset_ + (uint64_t{table_clusters_} << cluster_bits_));
+  end_ = std::max(end_.load(), table_offset_ + (uint64_t{table_clusters_} << cluster_bits_));
   // overlap-guard: a broken image may already overlap; only writes are refused.
   (void)Claim(table_offset_, uint64_t{table_clusters_} << cluster_bits_, MetadataKind::kRefcountTable);
   return Status::OK();
@@ -337,7 +337,7 @@ Status RefcountManager::ReplaySet(uint64_t cluster_index, uint64_t n, uint64_t v
     for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
     cache_->MarkDirty(t);
     cache_->Release(t);
-    if (value) end_ = std::max(end_, (ci + run) << cluster_bits_);
+    if (value) end_ = std::max(end_.load(), (ci + run) << cluster_bits_);
     ci += run;
   }
   return Status::OK();
@@ -348,7 +348,7 @@ Status RefcountManager::ReplayNewBlock(uint64_t block_offset) {
     return Status::Corruption("journal: new refcount block at " + Hex(block_offset) +
                               " is not cluster aligned");
   QCOW2J_RETURN_IF_ERROR(cache_->ZeroTables(block_offset, cluster_size_));
-  end_ = std::max(end_, block_offset + cluster_size_);
+  end_ = std::max(end_.load(), block_offset + cluster_size_);
   return Status::OK();
 }
 
@@ -361,7 +361,7 @@ Status RefcountManager::ReplayTableEntry(uint64_t index, uint64_t block_offset) 
                               " is not cluster aligned");
   table_[index] = block_offset;
   table_dirty_ = true;
-  if (block_offset) end_ = std::max(end_, block_offset + cluster_size_);
+  if (block_offset) end_ = std::max(end_.load(), block_offset + cluster_size_);
   return Status::OK();
 }
 
@@ -374,7 +374,7 @@ Status RefcountManager::ReplayTableMove(uint64_t table_offset, uint32_t clusters
   table_clusters_ = clusters;
   table_.resize((uint64_t{clusters} << cluster_bits_) / 8, 0);
   table_dirty_ = true;
-  end_ = std::max(end_, table_offset + (uint64_t{clusters} << cluster_bits_));
+  end_ = std::max(end_.load(), table_offset + (uint64_t{clusters} << cluster_bits_));
   return Status::OK();
 }
 

@@ -12,6 +12,7 @@
 #ifndef QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 #define QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -87,8 +88,10 @@ class RefcountManager {
   Status ReplayTableEntry(uint64_t index, uint64_t block_offset);
   Status ReplayTableMove(uint64_t table_offset, uint32_t clusters);
 
-  // First cluster offset past every allocation.
-  uint64_t end_offset() const { return end_; }
+  // First cluster offset past every allocation. Readers outside the
+  // engine's lock (range checks of lock-free reads) may call this; only
+  // writers need the lock.
+  uint64_t end_offset() const { return end_.load(std::memory_order_relaxed); }
   uint64_t table_offset() const { return table_offset_; }
   uint32_t table_clusters() const { return table_clusters_; }
   uint64_t cluster_size() const { return cluster_size_; }
@@ -128,7 +131,7 @@ class RefcountManager {
   uint32_t table_clusters_;
   std::vector<uint64_t> table_;  // refcount table entries (block offsets)
   bool table_dirty_ = false;
-  uint64_t end_;                 // append point
+  std::atomic<uint64_t> end_;    // append point
   std::unique_ptr<TableCache> cache_;
   std::map<uint64_t, uint64_t> free_;  // cluster index -> run length, reusable now
   std::vector<uint64_t> pending_free_; // cluster indexes freed since the last flush

@@ -1,6 +1,9 @@
 // Cluster codecs, bit-compatible with what QEMU's qcow2 driver reads and writes:
-// - zlib: a raw deflate stream (no zlib header), window bits 12, level default,
-//   memLevel 9.
+// - zlib: a raw deflate stream (no zlib header) whose matches reach back at
+//   most 4 KiB, as QEMU inflates with window bits 12. We deflate with ISA-L's
+//   igzip (hist_bits 12), about ten times faster than zlib at its default
+//   level for output some 5% larger; any inflate reads it. We inflate with
+//   zlib, as QEMU does.
 // - zstd: one or more zstd frames back to back.
 // A compressed cluster on disk is followed by whatever fills its last 512-byte
 // sector, so both decoders stop as soon as the cluster is full and never look
@@ -10,6 +13,7 @@
 // than compressing a 64 KiB cluster.
 #include "qcow2/compression.h"
 
+#include <isa-l/igzip_lib.h>
 #include <zlib.h>
 #include <zstd.h>
 #include <zstd_errors.h>
@@ -18,45 +22,43 @@
 #include <climits>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace qcow2j {
 namespace {
 
 constexpr int kZlibWindowBits = -12;  // negative: raw deflate, as QEMU writes it
-constexpr int kZlibMemLevel = 9;
+constexpr uint16_t kDeflateHistBits = 12;  // the same 4 KiB window for igzip
+constexpr uint32_t kIgzipLevel = 2;   // of 0-3: nearly level 3's ratio, faster
 
 std::string Bytes(size_t n) { return std::to_string(n) + " bytes"; }
 
-// A z_stream set up once per thread for deflate or inflate.
-class ZlibStream {
+// A z_stream set up once per thread for inflate.
+class InflateStream {
  public:
-  explicit ZlibStream(bool deflating) : deflating_(deflating) {
-    ok_ = deflating ? deflateInit2(&z_, Z_DEFAULT_COMPRESSION, Z_DEFLATED, kZlibWindowBits,
-                                   kZlibMemLevel, Z_DEFAULT_STRATEGY) == Z_OK
-                    : inflateInit2(&z_, kZlibWindowBits) == Z_OK;
+  InflateStream() { ok_ = inflateInit2(&z_, kZlibWindowBits) == Z_OK; }
+  ~InflateStream() {
+    if (ok_) inflateEnd(&z_);
   }
-  ~ZlibStream() {
-    if (!ok_) return;
-    if (deflating_) {
-      deflateEnd(&z_);
-    } else {
-      inflateEnd(&z_);
-    }
-  }
-  ZlibStream(const ZlibStream&) = delete;
-  ZlibStream& operator=(const ZlibStream&) = delete;
+  InflateStream(const InflateStream&) = delete;
+  InflateStream& operator=(const InflateStream&) = delete;
 
   // The stream, reset for a new cluster; nullptr if zlib could not set up.
   z_stream* Fresh() {
     if (!ok_) return nullptr;
-    int r = deflating_ ? deflateReset(&z_) : inflateReset(&z_);
-    return r == Z_OK ? &z_ : nullptr;
+    return inflateReset(&z_) == Z_OK ? &z_ : nullptr;
   }
 
  private:
   z_stream z_{};
-  bool deflating_;
   bool ok_ = false;
+};
+
+// igzip's stream (its hash tables are large: one per thread, not on the
+// stack) and the level buffer its levels above 0 need.
+struct IgzipState {
+  isal_zstream stream;
+  std::vector<uint8_t> level_buf = std::vector<uint8_t>(ISAL_DEF_LVL2_DEFAULT);
 };
 
 struct ZstdCCtxFree {
@@ -67,25 +69,31 @@ struct ZstdDCtxFree {
 };
 
 Result<size_t> CompressZlib(std::span<const uint8_t> src, std::span<uint8_t> dst) {
-  thread_local ZlibStream stream(/*deflating=*/true);
-  z_stream* z = stream.Fresh();
-  if (z == nullptr) return Status::FromErrno(ENOMEM, "zlib: set up deflate");
-  z->next_in = const_cast<Bytef*>(src.data());
-  z->avail_in = static_cast<uInt>(src.size());
-  z->next_out = dst.data();
-  z->avail_out = static_cast<uInt>(dst.size());
-  int r = deflate(z, Z_FINISH);
-  if (r == Z_STREAM_END) {
-    size_t n = dst.size() - z->avail_out;
-    return n < dst.size() ? n : 0;
-  }
-  if (r == Z_OK || r == Z_BUF_ERROR) return size_t{0};  // did not fit: store uncompressed
-  return Status::InvalidArgument("zlib: deflate of " + Bytes(src.size()) + " failed (code " +
-                                 std::to_string(r) + ")");
+  thread_local std::unique_ptr<IgzipState> state(new IgzipState);
+  isal_zstream* s = &state->stream;
+  isal_deflate_stateless_init(s);
+  s->level = kIgzipLevel;
+  s->level_buf = state->level_buf.data();
+  s->level_buf_size = static_cast<uint32_t>(state->level_buf.size());
+  s->hist_bits = kDeflateHistBits;
+  s->end_of_stream = 1;
+  s->flush = NO_FLUSH;
+  s->gzip_flag = IGZIP_DEFLATE;
+  s->next_in = const_cast<uint8_t*>(src.data());
+  s->avail_in = static_cast<uint32_t>(src.size());
+  s->next_out = dst.data();
+  s->avail_out = static_cast<uint32_t>(dst.size());
+  int r = isal_deflate_stateless(s);
+  if (r == STATELESS_OVERFLOW) return size_t{0};  // did not fit: store uncompressed
+  if (r != COMP_OK)
+    return Status::InvalidArgument("deflate of " + Bytes(src.size()) + " failed (igzip code " +
+                                   std::to_string(r) + ")");
+  size_t n = dst.size() - s->avail_out;
+  return n < dst.size() ? n : 0;
 }
 
 Status DecompressZlib(std::span<const uint8_t> src, std::span<uint8_t> dst) {
-  thread_local ZlibStream stream(/*deflating=*/false);
+  thread_local InflateStream stream;
   z_stream* z = stream.Fresh();
   if (z == nullptr) return Status::FromErrno(ENOMEM, "zlib: set up inflate");
   z->next_in = const_cast<Bytef*>(src.data());

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,7 @@ class Qcow2Image final : public Image {
   Status Close() override;
   Status Resize(uint64_t new_size, bool shrink) override;
   Result<BlockStatus> GetBlockStatus(uint64_t offset, uint64_t max_length) override;
+  Status WriteCompressed(uint64_t offset, const void* buf, size_t len) override;
 
   // The extent at guest `offset` (at most max_length long) in this layer only.
   Result<GuestExtent> MapExtent(uint64_t offset, uint64_t max_length);
@@ -205,6 +207,41 @@ class Qcow2Image final : public Image {
     return metadata_map_ ? metadata_map_->CheckMetadataWrite(host, len, what) : Status::OK();
   }
   std::unique_ptr<MetadataMap> metadata_map_;
+
+  // ---- compressed writes (qcow2_compressed_write.cc) ----
+  // Every L2 entry store of the compressed-write path goes through here
+  // (one place for the journal to hook): stores raw (and bitmap with
+  // extended L2) at `entry` inside `slice` and marks the slice dirty.
+  void StoreL2EntryLocked(TableCache::Table* slice, uint8_t* entry, uint64_t raw, uint64_t bitmap);
+  // The compressed-write cache: compressed clusters are packed byte after
+  // byte (as QEMU packs them) into a run of contiguous host clusters held in
+  // memory, and each host cluster is written once, whole, when the run moves
+  // past it; the partial last one at flush. Guarded by meta_mu_ for writers;
+  // readers of the buffer (ReadHostCompressed) hold zcache_mu_ only, which
+  // writers also take (after meta_mu_) whenever they change the buffer.
+  struct CompressedRun {
+    struct Free {
+      void operator()(uint8_t* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t, Free> buf;  // capacity bytes, aligned for O_DIRECT
+    uint64_t capacity = 0;
+    uint64_t base = 0;         // host offset of buf[0]; 0: no run
+    uint64_t clusters = 0;     // host clusters allocated to the run
+    uint64_t fill = 0;         // bytes placed since base
+    uint64_t claimed_end = 0;  // host clusters below this hold at least one compressed cluster
+  };
+  Status PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* host);
+  // Writes the run's complete clusters and slides them out of the buffer;
+  // all: writes the partial last cluster too (zero-padded) and keeps it.
+  Status WriteOutRunLocked(bool all);
+  // Flush: the partial cluster is written and the run ends (a later flush
+  // may free clusters of it, so nothing may be packed into it afterwards).
+  Status FinishCompressedRunLocked();
+  // Reads host bytes of compressed data, from the run's buffer where it is
+  // not on disk yet. Callable with or without meta_mu_.
+  Status ReadHostCompressed(uint64_t host, uint8_t* dst, size_t len);
+  CompressedRun zrun_;
+  std::mutex zcache_mu_;
 
   std::unique_ptr<RefcountManager> refcounts_;
   std::set<uint64_t> l1_dirty_;

@@ -226,7 +226,7 @@ Status Qcow2Image::ReadCompressed(uint64_t guest_offset, uint64_t l2_raw, uint64
   // The descriptor may name sectors past EOF for the last cluster; those read as zeros.
   csize = std::min<uint64_t>(csize, 2 * cluster_size_ + 512);
   std::vector<uint8_t> cbuf(csize);
-  QCOW2J_RETURN_IF_ERROR(file_->Read(d.host_offset, cbuf.data(), cbuf.size()));
+  QCOW2J_RETURN_IF_ERROR(ReadHostCompressed(d.host_offset, cbuf.data(), cbuf.size()));
   std::vector<uint8_t> cluster(cluster_size_);
   auto type = static_cast<CompressionType>(header_.compression_type);
   Status s = DecompressCluster(type, cbuf, cluster);

@@ -795,6 +795,7 @@ Status Qcow2Image::FlushLocked(std::unique_lock<std::mutex>& lk) {
   while (!inflight_.empty()) inflight_cv_.wait(lk);
   flush_gen_drained_ = generation;  // writes completed from here on need the next flush
   Status s = [&]() -> Status {
+    QCOW2J_RETURN_IF_ERROR(FinishCompressedRunLocked());  // data of compressed clusters
     QCOW2J_RETURN_IF_ERROR(ResolveAllCowLocked(lk));
     if (journal_on_) return JournalFlushLocked();
     bool meta = refcounts_->dirty() || l2_cache_->dirty_count() || !l1_dirty_.empty() ||

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages qcow2j needs to build and test, if missing.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config clang zlib1g-dev libzstd-dev libxxhash-dev libboost-dev
+PKGS=(build-essential cmake pkg-config clang zlib1g-dev libzstd-dev libisal-dev libxxhash-dev libboost-dev
       librapidcheck-dev libgtest-dev liburing-dev nbdkit nbdkit-plugin-dev qemu-utils strace
       python3 fio libnbd-bin)
 missing=()

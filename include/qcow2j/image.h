@@ -153,7 +153,11 @@ class Image {
   // new end and needs shrink = true. Default: NotSupported.
   virtual Status Resize(uint64_t new_size, bool shrink);
   // Writes whole clusters compressed (qemu-img convert -c): offset is cluster
-  // aligned, len a multiple of the cluster size or reaching the image end.
+  // aligned, len a multiple of the cluster size or reaching the image end
+  // (the last cluster is then zero-padded). A cluster that does not compress
+  // is written as it is, as QEMU does. Unlike QEMU, allocated clusters may be
+  // overwritten (their old clusters are freed). Compression runs in the
+  // calling thread: callers on several threads compress in parallel.
   // Default: NotSupported.
   virtual Status WriteCompressed(uint64_t offset, const void* buf, size_t len);
 };

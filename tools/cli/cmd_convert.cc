@@ -5,6 +5,13 @@
 // next job, read it, drop the parts that are all zeros and write the rest.
 // Several reads in flight keep the disk and both cores busy, which is how
 // qemu-img gets its speed with coroutines.
+//
+// With -c the jobs are 2 MiB chunks aligned to the target's clusters; each
+// worker (-m of them, two per core by default) reads a chunk and hands its
+// non-zero clusters to WriteCompressed, which compresses them in that
+// worker's thread and packs them through the engine's compressed-write
+// cache, in whatever order the chunks finish. Zero clusters stay
+// unallocated.
 #include <getopt.h>
 
 #include <algorithm>
@@ -20,6 +27,8 @@
 #include "tools/cli/args.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/create_options.h"
+#include "tools/cli/no_flush_env.h"
+#include "tools/cli/progress.h"
 #include "tools/cli/zero_detect.h"
 
 namespace qcow2j::cli {
@@ -33,6 +42,50 @@ struct Job {
   bool zero;  // reads as zeros: nothing to read
 };
 
+// What the source's block status says about a range.
+struct Extent {
+  uint64_t offset, length;
+  bool zero;
+};
+
+// -c: data jobs cover the data extents widened to whole target clusters
+// (cut at kChunk boundaries, a multiple of any cluster size), so every
+// compressed write is cluster aligned; zero jobs cover what remains of the
+// zero extents.
+std::vector<Job> CompressJobs(const std::vector<Extent>& extents, uint64_t size, uint64_t cs) {
+  std::vector<std::pair<uint64_t, uint64_t>> data;  // sorted, disjoint
+  for (const Extent& e : extents) {
+    if (e.zero) continue;
+    uint64_t a = e.offset / cs * cs, b = std::min(size, (e.offset + e.length + cs - 1) / cs * cs);
+    if (!data.empty() && a <= data.back().second) {
+      data.back().second = std::max(data.back().second, b);
+    } else {
+      data.emplace_back(a, b);
+    }
+  }
+  std::vector<Job> jobs;
+  for (auto [a, b] : data) {
+    for (uint64_t p = a; p < b;) {
+      uint64_t end = std::min(b, (p / kChunk + 1) * kChunk);
+      jobs.push_back({p, end - p, false});
+      p = end;
+    }
+  }
+  size_t k = 0;
+  for (const Extent& e : extents) {
+    if (!e.zero) continue;
+    uint64_t p = e.offset, end = e.offset + e.length;
+    while (k < data.size() && data[k].second <= p) k++;
+    for (size_t i = k; p < end; i++) {
+      uint64_t gap_end = i < data.size() ? std::min(end, data[i].first) : end;
+      if (gap_end > p) jobs.push_back({p, gap_end - p, true});
+      if (i >= data.size()) break;
+      p = std::max(p, data[i].second);
+    }
+  }
+  return jobs;
+}
+
 // Where converted bytes go.
 class Sink {
  public:
@@ -41,6 +94,8 @@ class Sink {
   // Only called when the target may hold old data (-n).
   virtual Status Zero(uint64_t off, uint64_t len) = 0;
   virtual Status Finish() = 0;
+  // The target's cluster size (0: not a cluster format).
+  virtual uint64_t cluster_size() { return 0; }
 };
 
 class RawSink : public Sink {
@@ -64,30 +119,39 @@ class ImageSink : public Sink {
   }
   Status Zero(uint64_t off, uint64_t len) override { return img_->WriteZeroes(off, len, true); }
   Status Finish() override { return img_->Close(); }
+  uint64_t cluster_size() override { return img_->Info().cluster_size; }
 
  private:
   std::unique_ptr<Image> img_;
   bool compress_;
 };
 
-struct Progress {
-  bool enabled = false;
-  uint64_t total = 0;
-  std::atomic<uint64_t> done{0};
-  std::mutex mu;
-  int last_shown = -1;  // in hundredths of a percent
-  void Show(bool final) {
-    if (!enabled) return;
-    std::lock_guard<std::mutex> l(mu);
-    uint64_t d = done.load();
-    int hundredths = total ? static_cast<int>(d * 10000 / total) : 10000;
-    if (final) hundredths = 10000;
-    // qemu-img refreshes at whole percent steps; so do we.
-    if (!final && hundredths / 100 == last_shown / 100) return;
-    last_shown = hundredths;
-    std::printf("    (%d.%02d/100%%)%c", hundredths / 100, hundredths % 100, final ? '\n' : '\r');
-    std::fflush(stdout);
+// The shared progress line, fed by every worker.
+class ConvertProgress {
+ public:
+  explicit ConvertProgress(bool enabled) : bar_(enabled, 1.0) {}
+  void Start(uint64_t total) {
+    std::lock_guard<std::mutex> l(mu_);
+    total_ = total;
+    bar_.Start();
   }
+  // Bytes known to need no work (counted before Start).
+  void Skip(uint64_t n) { done_ += n; }
+  void Add(uint64_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ += n;
+    bar_.SetFraction(done_, total_);
+  }
+  void Finish() {
+    std::lock_guard<std::mutex> l(mu_);
+    bar_.Set(100);
+    bar_.End();
+  }
+
+ private:
+  std::mutex mu_;
+  Progress bar_;
+  uint64_t total_ = 0, done_ = 0;
 };
 
 // Opens the source at an internal snapshot given as -l/-s: "snapshot.id=N",
@@ -119,6 +183,8 @@ Result<std::unique_ptr<Image>> OpenSource(const std::string& path, OpenOptions o
 
 int CmdConvert(int argc, char** argv) {
   std::string src_fmt, out_fmt = "raw", snapshot, cache = "unsafe", src_cache = "writeback";
+  std::string backing, backing_fmt;
+  bool threads_given = false;
   std::vector<std::string> option_strings;
   bool compress = false, progress = false, quiet = false, no_create = false, force_share = false;
   uint64_t sparse = 4096;
@@ -129,7 +195,7 @@ int CmdConvert(int argc, char** argv) {
                                  {nullptr, 0, nullptr, 0}};
   ResetGetopt();
   int c;
-  while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WrUs:", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hf:O:B:F:Cco:l:S:pt:T:qnm:WrUs:", kLong, nullptr)) != -1) {
     switch (c) {
       case 'f': src_fmt = optarg; break;
       case 'O': out_fmt = optarg; break;
@@ -159,14 +225,17 @@ int CmdConvert(int argc, char** argv) {
           return 1;
         }
         coroutines = *v;
+        threads_given = true;
         break;
       }
       case 'W': case 'C': case 'r': case 'z': break;  // ordering/copy-range hints: no effect here
       case 'U': force_share = true; break;
-      case 'B': PrintError("-B (backing file for the target) is not supported"); return 1;
+      case 'B': backing = optarg; break;
+      case 'F': backing_fmt = optarg; break;
       case 'h':
         std::printf("usage: qcow2j convert [-f fmt] [-O output_fmt] [-l snapshot] [-c] [-o options] "
-                    "[-t cache] [-T src_cache] [-p] [-q] [-n] [-S sparse_size] [-m num] [-W] src dst\n");
+                    "[-B backing_file [-F backing_fmt]] [-t cache] [-T src_cache] [-p] [-q] [-n] "
+                    "[-S sparse_size] [-m num] [-W] src dst\n");
         return 0;
       case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
       default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
@@ -184,6 +253,14 @@ int CmdConvert(int argc, char** argv) {
   }
   if (compress && out_fmt != "qcow2") {
     PrintError("Compression not supported for this file format");
+    return 1;
+  }
+  if (!backing.empty() && out_fmt != "qcow2") {
+    PrintErrorF("Backing file not supported for file format '%s'", out_fmt.c_str());
+    return 1;
+  }
+  if (!backing.empty() && backing_fmt.empty()) {
+    PrintError("Use of backing file requires explicit backing format");
     return 1;
   }
 
@@ -206,7 +283,13 @@ int CmdConvert(int argc, char** argv) {
     PrintError(st.message());
     return 1;
   }
+  NoFlushEnv no_flush(Env::Default());
+  if (cache == "unsafe") dopts.env = &no_flush;
   std::unique_ptr<Sink> sink;
+  // A target with a backing file (-B, or -o backing_file=) gets only what
+  // the source's top layer holds, as qemu-img assumes the backing file is
+  // the source's; zeros must then be written, not left unallocated.
+  bool has_backing = !backing.empty();
   if (out_fmt == "raw") {
     if (!option_strings.empty()) {
       CreateSpec spec;
@@ -248,6 +331,11 @@ int CmdConvert(int argc, char** argv) {
         }
       }
       spec.opts.size = size;
+      if (!backing.empty()) {
+        spec.opts.backing_file = backing;
+        spec.opts.backing_format = backing_fmt;
+      }
+      has_backing = !spec.opts.backing_file.empty();
       if (Status st = Image::Create(dst_path, spec.opts); !st.ok()) {
         PrintErrorF("%s: %s", dst_path.c_str(), st.message().c_str());
         return 1;
@@ -268,7 +356,9 @@ int CmdConvert(int argc, char** argv) {
   }
 
   // The job list, from the source's block status.
-  std::vector<Job> jobs;
+  const bool write_zeros = no_create || has_backing;  // else the target reads as zeros already
+  ConvertProgress prog(progress);
+  std::vector<Extent> extents;
   for (uint64_t off = 0; off < size;) {
     auto bs = (*src)->GetBlockStatus(off, size - off);
     if (!bs.ok() || bs->length == 0) {
@@ -278,27 +368,42 @@ int CmdConvert(int argc, char** argv) {
       return 1;
     }
     uint64_t len = std::min(bs->length, size - off);
-    if (bs->zero) {
-      if (!jobs.empty() && jobs.back().zero && jobs.back().offset + jobs.back().length == off) {
-        jobs.back().length += len;
-      } else {
-        jobs.push_back({off, len, true});
-      }
+    if (has_backing && (bs->depth > 0 || !bs->present)) {
+      prog.Skip(len);  // from the source's backing file: the target's backing has it
+    } else if (!extents.empty() && extents.back().zero == bs->zero &&
+               extents.back().offset + extents.back().length == off) {
+      extents.back().length += len;
     } else {
-      // Chunks aligned to kChunk so compressed writes stay cluster aligned.
-      for (uint64_t p = off; p < off + len;) {
-        uint64_t n = std::min(off + len, (p / kChunk + 1) * kChunk) - p;
+      extents.push_back({off, len, bs->zero});
+    }
+    off += len;
+  }
+  std::vector<Job> jobs;
+  if (compress) {
+    jobs = CompressJobs(extents, size, std::max<uint64_t>(sink->cluster_size(), 512));
+  } else {
+    for (const Extent& e : extents) {
+      if (e.zero) {
+        jobs.push_back({e.offset, e.length, true});
+        continue;
+      }
+      for (uint64_t p = e.offset; p < e.offset + e.length;) {
+        uint64_t n = std::min(e.offset + e.length, (p / kChunk + 1) * kChunk) - p;
         jobs.push_back({p, n, false});
         p += n;
       }
     }
-    off += len;
   }
+  // Zero jobs that need no write count as done at once.
+  if (!write_zeros) {
+    std::erase_if(jobs, [&](const Job& j) {
+      if (j.zero) prog.Skip(j.length);
+      return j.zero;
+    });
+  }
+  const uint64_t granularity = compress ? std::max<uint64_t>(sink->cluster_size(), 512) : sparse;
 
-  Progress prog;
-  prog.enabled = progress;
-  prog.total = size;
-  prog.Show(false);
+  prog.Start(size);
 
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -315,25 +420,16 @@ int CmdConvert(int argc, char** argv) {
       if (i >= jobs.size()) return;
       const Job& j = jobs[i];
       if (j.zero) {
-        if (no_create) {
-          if (Status st = sink->Zero(j.offset, j.length); !st.ok()) {
-            fail("error while writing at byte " + std::to_string(j.offset) + ": " + st.message());
-          }
+        if (Status st = sink->Zero(j.offset, j.length); !st.ok()) {
+          fail("error while writing at byte " + std::to_string(j.offset) + ": " + st.message());
         }
       } else if (Status st = (*src)->Read(j.offset, buf.get(), j.length); !st.ok()) {
         fail("error while reading at byte " + std::to_string(j.offset) + ": " + st.message());
-      } else if (compress) {
-        // Whole-cluster compressed writes; all-zero chunks stay unallocated.
-        if (!IsZero(buf.get(), j.length)) st = sink->Write(j.offset, buf.get(), j.length);
-        if (!st.ok()) {
-          fail(st.code() == Code::kNotSupported
-                   ? std::string("compression is not supported yet")
-                   : "error while writing at byte " + std::to_string(j.offset) + ": " + st.message());
-        }
       } else {
         // Write the runs that are not all zeros (sparse granularity -S; 0
-        // disables detection). A fresh target already reads as zeros.
-        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, sparse, !no_create)) {
+        // disables detection; with -c whole clusters, compressed by the
+        // sink). A fresh target already reads as zeros.
+        for (const ByteRun& r : NonZeroRuns(buf.get(), j.length, granularity, !write_zeros)) {
           Status ws = r.zero ? sink->Zero(j.offset + r.offset, r.length)
                              : sink->Write(j.offset + r.offset, buf.get() + r.offset, r.length);
           if (!ws.ok()) {
@@ -343,11 +439,18 @@ int CmdConvert(int argc, char** argv) {
           }
         }
       }
-      prog.done += j.length;
-      prog.Show(false);
+      prog.Add(j.length);
     }
   };
+  // Compression is CPU bound, but each worker also waits for its reads and
+  // (O_DIRECT) writes: two workers per core keep every core compressing,
+  // unless -m says otherwise. Plain copies are I/O bound: a few reads in
+  // flight are enough.
   size_t nthreads = std::min<size_t>(std::max<size_t>(coroutines / 2, 1), 4);
+  if (compress) {
+    nthreads = threads_given ? coroutines
+                             : std::min(16u, 2 * std::max(1u, std::thread::hardware_concurrency()));
+  }
   std::vector<std::thread> threads;
   for (size_t t = 0; t < nthreads; t++) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
@@ -362,7 +465,7 @@ int CmdConvert(int argc, char** argv) {
     PrintErrorF("error while closing '%s': %s", dst_path.c_str(), fin.message().c_str());
     return 1;
   }
-  prog.Show(true);
+  prog.Finish();
   return 0;
 }
 

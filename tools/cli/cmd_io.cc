@@ -199,10 +199,12 @@ bool IoSession::Run(const std::string& line, bool* quit) {
   // Count the words that are not options to check the argument count early,
   // with qemu-io's message.
   int positional = 0;
+  // (-c is a flag here: write -c compresses.)
+  const char* with_arg = "PslT";
   for (size_t i = 1; i < words.size(); i++) {
     if (words[i][0] != '-' || words[i].size() == 1) {
       positional++;
-    } else if (std::strchr("PslcT", words[i].back()) && words[i].size() == 2 && i + 1 < words.size()) {
+    } else if (std::strchr(with_arg, words[i].back()) && words[i].size() == 2 && i + 1 < words.size()) {
       i++;  // an option with an argument
     }
   }
