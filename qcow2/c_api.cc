@@ -139,6 +139,8 @@ Status ApplyOption(std::string_view key, std::string_view value, CreateOptions* 
     return as_bool(&o->data_file_raw);
   } else if (key == "journal") {
     return as_bool(&o->journal);
+  } else if (key == "journal_size") {
+    QCOW2J_ASSIGN_OR_RETURN(o->journal_size, ParseSize(key, value));
   } else if (key == "compression_type") {
     if (value != "zlib" && value != "zstd") {
       return Status::InvalidArgument("option 'compression_type': '" + std::string(value) +

@@ -62,7 +62,7 @@ QCOW2J_C_API int qcow2j_open(const char* path, unsigned flags, qcow2j_image** ou
  *   format=qcow2|raw, cluster_size=65536, refcount_bits=16, compat=1.1|0.10,
  *   extended_l2=on|off, lazy_refcounts=on|off, compression_type=zlib|zstd,
  *   preallocation=off|metadata|falloc|full, backing_file=F, backing_fmt=FMT,
- *   data_file=F, data_file_raw=on|off, journal=on|off
+ *   data_file=F, data_file_raw=on|off, journal=on|off, journal_size=N
  * Sizes take k/M/G/T suffixes (powers of 1024). */
 QCOW2J_C_API int qcow2j_create(const char* path, uint64_t size, const char* options);
 
