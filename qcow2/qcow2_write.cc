@@ -401,7 +401,14 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
     // overwrite allocated blocks instead of allocating file-system extents
     // one by one (slow with O_DIRECT). Done before the L2 entry is published,
     // so a failure here leaves nothing pointing at the cluster.
-    if (fresh && n < cluster_size_) {
+    // Not when this write copies the old head and tail in at once (a COW
+    // from a backing file or a shared cluster, outside a stream): the
+    // cluster is then written whole right away.
+    const bool whole_now =
+        !ext && !ContinuesStreamLocked(cluster << cluster_bits_) &&
+        (in == 0 || !SourceIsZero(cluster, old_raw, old_bitmap, 0, in)) &&
+        (in + n == cluster_size_ || !SourceIsZero(cluster, old_raw, old_bitmap, in + n, cluster_size_));
+    if (fresh && n < cluster_size_ && !whole_now) {
       Status s = data_file_->Allocate(host, cluster_size_, false);
       if (!s.ok() && s.code() != Code::kNotSupported) {
         l2_cache_->Release(slice);
@@ -498,18 +505,26 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
 
 Status Qcow2Image::ImmediateCow(const WriteAction& a, uint64_t* hash) {
   const uint64_t in = a.pos & (cluster_size_ - 1);
-  std::vector<uint8_t> head(in - a.cow_start), tail(a.cow_end - (in + a.n));
-  if (!head.empty())
+  const size_t head_n = in - a.cow_start, tail_n = a.cow_end - (in + a.n);
+  // Like QEMU, one read of the old contents around the data (head, the part
+  // the data replaces, and tail) rather than two: for a small write in a
+  // big cluster that is one request to the backing file instead of two.
+  std::vector<uint8_t> old(head_n && tail_n ? a.cow_end - a.cow_start : head_n + tail_n);
+  uint8_t* head = old.data();
+  uint8_t* tail = old.data() + (head_n && tail_n ? head_n + a.n : head_n);
+  if (head_n && tail_n) {
     QCOW2J_RETURN_IF_ERROR(
-        ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, a.cow_start, head.data(), head.size()));
-  if (!tail.empty())
-    QCOW2J_RETURN_IF_ERROR(
-        ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, in + a.n, tail.data(), tail.size()));
+        ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, a.cow_start, old.data(), old.size()));
+  } else if (head_n) {
+    QCOW2J_RETURN_IF_ERROR(ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, a.cow_start, head, head_n));
+  } else if (tail_n) {
+    QCOW2J_RETURN_IF_ERROR(ReadOldContent(a.cluster, a.old_raw, a.old_bitmap, in + a.n, tail, tail_n));
+  }
   iovec iov[3];
   int cnt = 0;
-  if (!head.empty()) iov[cnt++] = {head.data(), head.size()};
+  if (head_n) iov[cnt++] = {head, head_n};
   iov[cnt++] = {const_cast<uint8_t*>(a.src), a.n};
-  if (!tail.empty()) iov[cnt++] = {tail.data(), tail.size()};
+  if (tail_n) iov[cnt++] = {tail, tail_n};
   if (a.checksum) {
     XXH64_state_t st;
     XXH64_reset(&st, 0);
