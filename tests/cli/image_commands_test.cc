@@ -32,14 +32,19 @@ std::string GuestBytes(const TempDir& dir, const std::string& img) {
   return ReadFile(out);
 }
 
-std::string Info(const std::string& img, const std::string& dotted) {
-  RunResult r = test::Run("qemu-img info -U --output=json " + Quote(img));
+// A field of the JSON document `cmd` prints ("<absent>" when missing).
+std::string JsonField(const std::string& cmd, const std::string& dotted) {
+  RunResult r = test::Run(cmd);
   EXPECT_EQ(r.exit_code, 0) << r.Describe();
   auto j = ParseJson(r.out);
   if (!j) return "<bad json>";
   const Json* v = j->At(dotted);
   if (!v) return "<absent>";
   return v->type == Json::Type::kString ? v->str : v->ToString();
+}
+
+std::string Info(const std::string& img, const std::string& dotted) {
+  return JsonField("qemu-img info -U --output=json " + Quote(img), dotted);
 }
 
 // base (4 MiB, pattern 1 at [0,1M), 5 at [3M,3.5M)) <- top (pattern 2 over
@@ -335,13 +340,7 @@ TEST(Amend, RefusalsUseQemusMessages) {
 
 // A field of our own info JSON ("<absent>" when missing).
 std::string OurInfo(const std::string& img, const std::string& dotted) {
-  RunResult r = Ours("info --output=json " + Quote(img));
-  EXPECT_EQ(r.exit_code, 0) << r.Describe();
-  auto j = ParseJson(r.out);
-  if (!j) return "<bad json>";
-  const Json* v = j->At(dotted);
-  if (!v) return "<absent>";
-  return v->type == Json::Type::kString ? v->str : v->ToString();
+  return JsonField(Quote(Cli()) + " info --output=json " + Quote(img), dotted);
 }
 
 TEST(Amend, JournalOnAndOff) {
