@@ -297,7 +297,10 @@ class Qcow2Image final : public Image {
   Status CheckpointLocked();
   // Commits an empty transaction whose synced_through confirms the last one.
   Status ConfirmLocked();
-  Status RewriteHeader();
+  // Writes header `h` (with its extensions) over the header cluster.
+  Status RewriteHeader(const Header& h);
+  // A session holds committed transactions (incompatible bit 16 on disk).
+  std::atomic<bool> jpending_{false};
   void NoteL2ChangeLocked(TableCache::Table* slice, const uint8_t* entry) {
     if (journal_on_) jl2_.insert(slice->offset() + static_cast<uint64_t>(entry - slice->data()));
   }

@@ -21,8 +21,8 @@ ImageInfo Qcow2Image::Info() {
   info.dirty = header_.incompatible_features & kIncompatDirty;
   info.extended_l2 = header_.extended_l2();
   info.journal = header_.journal.has_value();
-  info.journal_dirty_refcounts = jext_ && jext_->dirty_refcounts();
-  info.journal_pending = header_.incompatible_features & kIncompatJournal;
+  info.journal_dirty_refcounts = jdirty_refcounts_;
+  info.journal_pending = jpending_ || (header_.incompatible_features & kIncompatJournal);
   info.backing_file = header_.backing_file;
   if (!header_.backing_file.empty())
     info.full_backing_file = ResolveBackingPath(dir_, header_.backing_file);

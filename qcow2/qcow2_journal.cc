@@ -37,8 +37,8 @@ constexpr uint64_t kRecordBytesBound = 48;
 
 }  // namespace
 
-Status Qcow2Image::RewriteHeader() {
-  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, SerializeHeader(header_));
+Status Qcow2Image::RewriteHeader(const Header& h) {
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, SerializeHeader(h));
   return file_->Write(0, bytes.data(), bytes.size());
 }
 
@@ -82,18 +82,19 @@ Status Qcow2Image::StartJournalSessionLocked() {
   ext.area_size = std::max<uint64_t>(ext.area_size ? ext.area_size : kJournalAreaBytes, 4 * cluster_size_);
   ext.sector_size = file_->alignment() > 512 ? 4096 : 512;
   QCOW2J_ASSIGN_OR_RETURN(ext.area_offset, refcounts_->Allocate(ext.area_size >> cluster_bits_));
-  const Header saved = header_;
   Status s = [&]() -> Status {
     QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, cluster_bits_));
     QCOW2J_ASSIGN_OR_RETURN(JournalSuperblock sb, FormatJournal(file_.get(), ext));
     // From here on QEMU refuses the image until a clean close (or recovery)
     // clears the bit; in dirty-refcount mode the dirty bit says the
-    // refcounts on disk may be stale.
-    header_.journal = EncodeJournalExtension(ext);
-    header_.incompatible_features |= kIncompatJournal;
-    if (jdirty_refcounts_) header_.incompatible_features |= kIncompatDirty;
-    header_.autoclear_features |= kAutoclearJournalValid;
-    QCOW2J_RETURN_IF_ERROR(RewriteHeader());
+    // refcounts on disk may be stale. (header_ itself stays as it is:
+    // readers look at it without the lock.)
+    Header h = header_;
+    h.journal = EncodeJournalExtension(ext);
+    h.incompatible_features |= kIncompatJournal;
+    if (jdirty_refcounts_) h.incompatible_features |= kIncompatDirty;
+    h.autoclear_features |= kAutoclearJournalValid;
+    QCOW2J_RETURN_IF_ERROR(RewriteHeader(h));
     QCOW2J_RETURN_IF_ERROR(file_->Sync());
     jwriter_ = std::make_unique<JournalWriter>(file_.get(), ext, sb);
     return Status::OK();
@@ -102,11 +103,11 @@ Status Qcow2Image::StartJournalSessionLocked() {
     // Nothing references the area yet (a header that did land names an
     // empty ring, which recovery closes): give its clusters back, or the
     // retry would allocate another and this one would leak.
-    header_ = saved;
     (void)refcounts_->ReplaySet(ext.area_offset >> cluster_bits_, ext.area_size >> cluster_bits_, 0);
     return s;
   }
   jext_ = ext;
+  jpending_ = true;
   (void)metadata_map_->Add(ext.area_offset, ext.area_size, MetadataKind::kJournal);  // overlap-guard
   return Status::OK();
 }
@@ -307,15 +308,19 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
   const JournalExtension area = *jext_;
   JournalExtension idle = *jext_;
   idle.area_offset = 0;  // area_size stays: the size the next session allocates
-  header_.journal = EncodeJournalExtension(idle);
-  header_.incompatible_features &= ~kIncompatJournal;
+  Header h = header_;
+  h.journal = EncodeJournalExtension(idle);
+  h.incompatible_features &= ~kIncompatJournal;
   // Dirty-refcount mode: every refcount was just written in place (unless
   // recovery is closing the journal of a crashed session: then the dirty
   // bit stays for the refcount rebuild).
-  if (refcounts_clean) header_.incompatible_features &= ~kIncompatDirty;
-  header_.autoclear_features &= ~kAutoclearJournalValid;
-  QCOW2J_RETURN_IF_ERROR(RewriteHeader());
+  if (refcounts_clean) h.incompatible_features &= ~kIncompatDirty;
+  h.autoclear_features &= ~kAutoclearJournalValid;
+  QCOW2J_RETURN_IF_ERROR(RewriteHeader(h));
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  // No request runs now (open-time recovery, or close): header_ may follow.
+  header_ = h;
+  jpending_ = false;
   jext_ = idle;
   jwriter_.reset();
   junconfirmed_.clear();
