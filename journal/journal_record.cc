@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "metadata/endian.h"
+#include "metadata/zero_bytes.h"
 
 namespace qcow2j {
 
@@ -223,16 +224,14 @@ void EncodeRecord(const JournalRecord& record, std::vector<uint8_t>* out) {
       record);
 }
 
-bool AllZero(const uint8_t* p, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    if (p[i] != 0) return false;
-  }
-  return true;
-}
+bool AllZero(const uint8_t* p, size_t n) { return BufferIsZero(p, n); }
 
-// Decodes one record from payload[*pos, end); `base` is the payload's offset
-// inside the frame, for error messages.
-Result<JournalRecord> DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base) {
+// Decodes one record from payload[*pos, end) into *record; `base` is the
+// payload's offset inside the frame, for error messages. A slot that already
+// holds an L2 or header update keeps its buffer, so replaying thousands of
+// similar transactions through one recycled vector allocates next to nothing.
+Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
+                    JournalRecord* out) {
   const size_t at = base + *pos;
   const size_t left = payload.size() - *pos;
   if (left < kRecordPrefixBytes) return FrameCorruption("truncated record prefix", at);
@@ -255,21 +254,22 @@ Result<JournalRecord> DecodeRecord(std::span<const uint8_t> payload, size_t* pos
     }
     return Status::OK();
   };
-  JournalRecord record;
+  JournalRecord& record = *out;
   switch (static_cast<JournalRecordType>(type)) {
     case JournalRecordType::kL2Update:
     case JournalRecordType::kL2UpdateExtended: {
       if (body < 16) return FrameCorruption("L2 update body too short", at + 4);
-      L2Update r;
-      r.extended = type == static_cast<uint16_t>(JournalRecordType::kL2UpdateExtended);
-      r.table_offset = LoadBE64(b);
-      r.first_index = LoadBE32(b + 8);
+      const bool extended = type == static_cast<uint16_t>(JournalRecordType::kL2UpdateExtended);
       const uint32_t count = LoadBE32(b + 12);
-      const uint64_t words = uint64_t{count} * (r.extended ? 2 : 1);
+      const uint64_t words = uint64_t{count} * (extended ? 2 : 1);
       QCOW2J_RETURN_IF_ERROR(want(16 + 8 * words));
-      r.entries.resize(words);
-      for (size_t i = 0; i < words; i++) r.entries[i] = LoadBE64(b + 16 + 8 * i);
-      record = std::move(r);
+      L2Update* r = std::get_if<L2Update>(&record);
+      if (!r) r = &record.emplace<L2Update>();
+      r->extended = extended;
+      r->table_offset = LoadBE64(b);
+      r->first_index = LoadBE32(b + 8);
+      r->entries.resize(words);
+      for (size_t i = 0; i < words; i++) r->entries[i] = LoadBE64(b + 16 + 8 * i);
       break;
     }
     case JournalRecordType::kL1Update: {
@@ -303,10 +303,10 @@ Result<JournalRecord> DecodeRecord(std::span<const uint8_t> payload, size_t* pos
       if (body < 8) return FrameCorruption("header update body too short", at + 4);
       const uint32_t len = LoadBE32(b + 4);
       QCOW2J_RETURN_IF_ERROR(want(8 + uint64_t{len}));
-      HeaderUpdate r;
-      r.offset = LoadBE32(b);
-      r.bytes.assign(b + 8, b + 8 + len);
-      record = std::move(r);
+      HeaderUpdate* r = std::get_if<HeaderUpdate>(&record);
+      if (!r) r = &record.emplace<HeaderUpdate>();
+      r->offset = LoadBE32(b);
+      r->bytes.assign(b + 8, b + 8 + len);
       break;
     }
     case JournalRecordType::kDataChecksum:
@@ -319,7 +319,7 @@ Result<JournalRecord> DecodeRecord(std::span<const uint8_t> payload, size_t* pos
   const std::string bad = CheckRecord(record);
   if (!bad.empty()) return FrameCorruption(bad, at);
   *pos += kRecordPrefixBytes + body;
-  return record;
+  return Status::OK();
 }
 
 std::vector<uint8_t> EncodeFrame(JournalFrameKind kind, uint64_t sequence,
@@ -437,13 +437,12 @@ Result<JournalFrameHeader> DecodeFrameHeader(std::span<const uint8_t> bytes,
   return h;
 }
 
-Result<JournalFrame> DecodeTransaction(std::span<const uint8_t> bytes, uint64_t expected_sequence,
-                                       const JournalGeneration& generation,
-                                       uint32_t sector_size) {
-  JournalFrame frame;
-  QCOW2J_ASSIGN_OR_RETURN(frame.header, DecodeFrameHeader(bytes, expected_sequence, generation,
-                                                          sector_size, bytes.size()));
-  const JournalFrameHeader& h = frame.header;
+Status DecodeTransactionInto(std::span<const uint8_t> bytes, uint64_t expected_sequence,
+                             const JournalGeneration& generation, uint32_t sector_size,
+                             JournalFrameHeader* header, std::vector<JournalRecord>* records) {
+  QCOW2J_ASSIGN_OR_RETURN(*header, DecodeFrameHeader(bytes, expected_sequence, generation,
+                                                     sector_size, bytes.size()));
+  const JournalFrameHeader& h = *header;
   const std::span<const uint8_t> whole = bytes.first(h.length);
   const uint64_t stored = LoadBE64(whole.data() + kFhChecksum);
   const uint64_t actual = FrameChecksum(whole);
@@ -483,18 +482,25 @@ Result<JournalFrame> DecodeTransaction(std::span<const uint8_t> bytes, uint64_t 
                            kFhRecordCount);
   }
   const std::span<const uint8_t> payload = whole.subspan(kJournalFrameHeaderBytes, h.payload_bytes);
-  frame.records.reserve(h.record_count);
+  records->resize(h.record_count);
   size_t pos = 0;
   for (uint32_t i = 0; i < h.record_count; i++) {
-    QCOW2J_ASSIGN_OR_RETURN(JournalRecord r,
-                            DecodeRecord(payload, &pos, kJournalFrameHeaderBytes));
-    frame.records.push_back(std::move(r));
+    QCOW2J_RETURN_IF_ERROR(DecodeRecord(payload, &pos, kJournalFrameHeaderBytes, &(*records)[i]));
   }
   if (pos != payload.size()) {
     return FrameCorruption(std::to_string(payload.size() - pos) +
                                " payload bytes follow the last record",
                            kJournalFrameHeaderBytes + pos);
   }
+  return Status::OK();
+}
+
+Result<JournalFrame> DecodeTransaction(std::span<const uint8_t> bytes, uint64_t expected_sequence,
+                                       const JournalGeneration& generation,
+                                       uint32_t sector_size) {
+  JournalFrame frame;
+  QCOW2J_RETURN_IF_ERROR(DecodeTransactionInto(bytes, expected_sequence, generation, sector_size,
+                                               &frame.header, &frame.records));
   return frame;
 }
 

@@ -194,6 +194,12 @@ Result<JournalFrameHeader> DecodeFrameHeader(std::span<const uint8_t> bytes,
 Result<JournalFrame> DecodeTransaction(std::span<const uint8_t> bytes, uint64_t expected_sequence,
                                        const JournalGeneration& generation,
                                        uint32_t sector_size);
+// The same, into a caller's header and record vector. Slots of *records are
+// reused (an L2 update keeps its entry buffer), so a reader that recycles one
+// vector decodes a long journal without allocating per record.
+Status DecodeTransactionInto(std::span<const uint8_t> bytes, uint64_t expected_sequence,
+                             const JournalGeneration& generation, uint32_t sector_size,
+                             JournalFrameHeader* header, std::vector<JournalRecord>* records);
 
 }  // namespace qcow2j
 

@@ -176,6 +176,24 @@ bool JournalReader::Stop(Status s) {
   return false;
 }
 
+// Returns the ring bytes [pos, pos + n) from the read-ahead window, refilling
+// it with one large read when they are not all there. Frames never cross the
+// area's end (the writer wraps first), so the window stops there too.
+Status JournalReader::Fetch(uint64_t pos, size_t n, const uint8_t** out) {
+  if (pos < window_pos_ || pos + n > window_pos_ + window_len_) {
+    const size_t len = static_cast<size_t>(
+        std::min<uint64_t>(std::max<size_t>(n, kReadAhead), ext_.area_size - pos));
+    if (len < n) return Status::Corruption("journal frame runs past the area end");
+    if (buf_.size() < len) buf_.resize(len);
+    window_len_ = 0;  // invalid until the read succeeds
+    QCOW2J_RETURN_IF_ERROR(file_->Read(ext_.area_offset + pos, buf_.data(), len));
+    window_pos_ = pos;
+    window_len_ = len;
+  }
+  *out = buf_.data() + (pos - window_pos_);
+  return Status::OK();
+}
+
 bool JournalReader::Next(JournalTransaction* txn) {
   if (done_) return false;
   const uint32_t sector = ext_.sector_size;
@@ -188,20 +206,22 @@ bool JournalReader::Next(JournalTransaction* txn) {
     }
     const uint64_t ring_left = ext_.ring_bytes() - consumed_;
     const uint64_t max_length = std::min(ext_.area_size - pos_, ring_left);
-    buf_.resize(sector);
-    Status s = file_->Read(ext_.area_offset + pos_, buf_.data(), sector);
+    const uint8_t* p = nullptr;
+    Status s = Fetch(pos_, sector, &p);
     if (!s.ok()) return Stop(s.Annotate("reading journal at area offset " + JournalHex(pos_)));
     Result<JournalFrameHeader> h =
-        DecodeFrameHeader(buf_, sequence_, generation_, sector, max_length);
+        DecodeFrameHeader(std::span<const uint8_t>(p, sector), sequence_, generation_, sector,
+                          max_length);
     if (!h.ok()) return Stop(h.status().Annotate("area offset " + JournalHex(pos_)));
     if (h->length > sector) {
-      buf_.resize(h->length);
-      s = file_->Read(ext_.area_offset + pos_ + sector, buf_.data() + sector, h->length - sector);
+      s = Fetch(pos_, h->length, &p);
       if (!s.ok()) return Stop(s.Annotate("reading journal at area offset " + JournalHex(pos_)));
     }
-    Result<JournalFrame> frame = DecodeTransaction(buf_, sequence_, generation_, sector);
-    if (!frame.ok()) return Stop(frame.status().Annotate("area offset " + JournalHex(pos_)));
-    if (frame->header.kind == JournalFrameKind::kWrap) {
+    JournalFrameHeader header;
+    s = DecodeTransactionInto(std::span<const uint8_t>(p, h->length), sequence_, generation_,
+                              sector, &header, &txn->records);
+    if (!s.ok()) return Stop(s.Annotate("area offset " + JournalHex(pos_)));
+    if (header.kind == JournalFrameKind::kWrap) {
       const uint64_t waste = ext_.area_size - pos_;
       // The writer only wraps when the frame cannot fit: never at ring_start,
       // never past the live part of the ring.
@@ -214,11 +234,10 @@ bool JournalReader::Next(JournalTransaction* txn) {
       pos_ = ext_.ring_start();
       continue;
     }
-    txn->sequence = frame->header.sequence;
-    txn->synced_through = frame->header.synced_through;
+    txn->sequence = header.sequence;
+    txn->synced_through = header.synced_through;
     txn->offset = pos_;
-    txn->length = frame->header.length;
-    txn->records = std::move(frame->records);
+    txn->length = header.length;
     max_synced_through_ = std::max(max_synced_through_, txn->synced_through);
     consumed_ += txn->length;
     pos_ += txn->length;

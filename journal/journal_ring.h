@@ -125,6 +125,8 @@ class JournalReader {
   // zeroed frame, or the whole ring read), Corruption for a checksummed frame
   // that breaks the format, IOError for a failed read. Only the clean end
   // means "everything committed has been seen".
+  // txn->records is reused: pass the same (or a recycled) transaction to
+  // avoid allocating per record.
   bool Next(JournalTransaction* txn);
 
   const Status& status() const { return status_; }
@@ -139,6 +141,11 @@ class JournalReader {
 
  private:
   bool Stop(Status s);
+  Status Fetch(uint64_t pos, size_t n, const uint8_t** out);
+
+  // Frames are read through a window of at least this many bytes: a long
+  // journal takes a few large reads, not two small ones per frame.
+  static constexpr size_t kReadAhead = 4u << 20;
 
   File* file_;
   JournalExtension ext_;
@@ -149,7 +156,9 @@ class JournalReader {
   uint64_t max_synced_through_ = 0;
   bool done_ = false;
   Status status_;
-  std::vector<uint8_t> buf_;
+  std::vector<uint8_t> buf_;  // the read-ahead window
+  uint64_t window_pos_ = 0;   // area offset of buf_[0]
+  size_t window_len_ = 0;     // valid bytes in buf_
 };
 
 }  // namespace qcow2j

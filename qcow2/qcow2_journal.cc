@@ -399,27 +399,30 @@ Status Qcow2Image::ReplayJournal() {
     return Status::OK();
   std::string report;
   if (jext_->has_area()) {
-    auto plan = ReadJournalForReplay(file_.get(), data_file_, *jext_);
+    auto plan = ReplayJournalRing(
+        file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
+          for (const JournalRecord& r : t.records) {
+            Status s = ApplyJournalRecord(r);
+            if (!s.ok())
+              return s.Annotate("image '" + path_ + "': replaying journal transaction " +
+                                std::to_string(t.sequence));
+          }
+          // The replayed tables are held dirty in memory. A writer puts them
+          // in place when they pile up (replay is idempotent, so a crash
+          // meanwhile just replays again); a reader has nowhere to put them.
+          if (l2_cache_->dirty_count() > std::max<size_t>(4 * l2_cache_->capacity(), 1024)) {
+            if (read_only_)
+              return Status::NotSupported(
+                  "image '" + path_ + "': replaying its journal needs more than " +
+                  std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
+                  " MiB of memory; open it read-write to replay it in place");
+            QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+          }
+          return Status::OK();
+        });
     if (!plan.ok())
       return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
                                     "rebuilds the metadata without it");
-    for (const JournalTransaction& t : plan->kept) {
-      for (const JournalRecord& r : t.records) {
-        Status s = ApplyJournalRecord(r);
-        if (!s.ok())
-          return s.Annotate("image '" + path_ + "': replaying journal transaction " + std::to_string(t.sequence));
-      }
-      // The replayed tables are held dirty in memory. A writer puts them in
-      // place when they pile up (replay is idempotent, so a crash meanwhile
-      // just replays again); a reader has nowhere to put them.
-      if (l2_cache_->dirty_count() > std::max<size_t>(4 * l2_cache_->capacity(), 1024)) {
-        if (read_only_)
-          return Status::NotSupported("image '" + path_ + "': replaying its journal needs more than " +
-                                      std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
-                                      " MiB of memory; open it read-write to replay it in place");
-        QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
-      }
-    }
     report = DescribeReplay(*plan);
     if (!(header_.autoclear_features & kAutoclearJournalValid))
       report += " (the journal-valid bit was clear; replayed because the journal bit was set)";

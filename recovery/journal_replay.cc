@@ -4,6 +4,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <deque>
 #include <variant>
 
 #include "metadata/hex.h"
@@ -31,50 +32,72 @@ Result<uint64_t> HashRange(File* file, uint64_t offset, uint64_t length) {
 
 }  // namespace
 
-Result<JournalReplayPlan> ReadJournalForReplay(File* file, File* data_file,
-                                               const JournalExtension& ext) {
+Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
+                                            const JournalExtension& ext,
+                                            const JournalApplyFn& apply) {
   JournalReplayPlan plan;
   auto sb = ReadJournalSuperblock(file, ext);
   if (!sb.ok()) return sb.status().Annotate("journal at " + Hex(ext.area_offset));
   plan.superblock = *sb;
+  auto applied = [&](const JournalTransaction& t) -> Status {
+    QCOW2J_RETURN_IF_ERROR(apply(t));
+    plan.transactions++;
+    plan.records += t.records.size();
+    plan.bytes += t.length;
+    return Status::OK();
+  };
   JournalReader reader(file, ext, *sb);
-  std::vector<JournalTransaction> all;
+  // Transactions read but not yet confirmed by a later frame's
+  // synced_through; `spare` recycles their record buffers.
+  std::deque<JournalTransaction> pending;
+  std::vector<JournalTransaction> spare;
   JournalTransaction txn;
-  while (reader.Next(&txn)) all.push_back(std::move(txn));
+  while (reader.Next(&txn)) {
+    pending.push_back(std::move(txn));
+    txn = JournalTransaction();
+    if (!spare.empty()) {
+      txn = std::move(spare.back());
+      spare.pop_back();
+    }
+    // Confirmed: covered by a durable frame's synced_through (or below the
+    // tail). max_synced_through only grows, so this never changes its mind.
+    const uint64_t confirmed = std::max(reader.max_synced_through(), sb->tail_sequence - 1);
+    while (!pending.empty() && pending.front().sequence <= confirmed) {
+      QCOW2J_RETURN_IF_ERROR(applied(pending.front()));
+      spare.push_back(std::move(pending.front()));
+      pending.pop_front();
+    }
+  }
   if (!IsEndOfJournal(reader.status()))
     return reader.status().Annotate("journal at " + Hex(ext.area_offset));
-  // Confirmed: covered by a later durable frame's synced_through (or below
-  // the tail). Only the unconfirmed ones need their data checked.
-  const uint64_t confirmed = std::max(reader.max_synced_through(), sb->tail_sequence - 1);
-  size_t keep = all.size();
-  for (size_t i = 0; i < all.size() && keep == all.size(); i++) {
-    if (all[i].sequence <= confirmed) continue;
-    for (const JournalRecord& r : all[i].records) {
+  // What is left is unconfirmed: keep the prefix whose data all landed,
+  // checking every one before applying any.
+  size_t keep = pending.size();
+  for (size_t i = 0; i < pending.size() && keep == pending.size(); i++) {
+    for (const JournalRecord& r : pending[i].records) {
       const DataChecksum* d = std::get_if<DataChecksum>(&r);
       if (!d) continue;
       auto h = HashRange(data_file, d->host_offset, d->length);
       if (!h.ok()) return h.status().Annotate("journal replay: data of transaction " +
-                                              std::to_string(all[i].sequence));
+                                              std::to_string(pending[i].sequence));
       if (*h != d->hash) {
         keep = i;
-        plan.dropped_reason = "transaction " + std::to_string(all[i].sequence) + ": data at " +
+        plan.dropped_reason = "transaction " + std::to_string(pending[i].sequence) + ": data at " +
                               Hex(d->host_offset) + " (" + std::to_string(d->length) +
                               " bytes) never fully landed";
         break;
       }
     }
   }
-  plan.dropped = all.size() - keep;
-  all.resize(keep);
-  for (const JournalTransaction& t : all) plan.records += t.records.size();
-  plan.kept = std::move(all);
+  plan.dropped = pending.size() - keep;
+  for (size_t i = 0; i < keep; i++) QCOW2J_RETURN_IF_ERROR(applied(pending[i]));
   return plan;
 }
 
 std::string DescribeReplay(const JournalReplayPlan& plan) {
-  std::string s = "journal: replayed " + std::to_string(plan.kept.size()) + " transaction" +
-                  (plan.kept.size() == 1 ? "" : "s") + " (" + std::to_string(plan.records) +
-                  " records)";
+  std::string s = "journal: replayed " + std::to_string(plan.transactions) + " transaction" +
+                  (plan.transactions == 1 ? "" : "s") + " (" + std::to_string(plan.records) +
+                  " records, " + std::to_string((plan.bytes + 1023) >> 10) + " KiB)";
   if (plan.dropped)
     s += ", dropped " + std::to_string(plan.dropped) + " unconfirmed (" + plan.dropped_reason + ")";
   return s;

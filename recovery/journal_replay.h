@@ -6,6 +6,7 @@
 #define QCOW2J_RECOVERY_JOURNAL_REPLAY_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,18 +19,28 @@ namespace qcow2j {
 
 struct JournalReplayPlan {
   JournalSuperblock superblock;
-  std::vector<JournalTransaction> kept;  // in order: apply these
-  uint64_t dropped = 0;                  // unconfirmed transactions whose data did not match
-  uint64_t records = 0;                  // records in the kept transactions
-  std::string dropped_reason;            // the first data mismatch, for the report
+  uint64_t transactions = 0;    // applied, in order
+  uint64_t records = 0;         // records in the applied transactions
+  uint64_t bytes = 0;           // ring bytes of the applied transactions
+  uint64_t dropped = 0;         // unconfirmed transactions whose data did not match
+  std::string dropped_reason;   // the first data mismatch, for the report
 };
 
-// Scans the ring of `ext` in `file` (the image file). Data checksums of
-// unconfirmed transactions are verified against `data_file` (the image file
-// unless an external data file is used). Corruption naming the field for a
-// broken superblock or frame; I/O errors as they are.
-Result<JournalReplayPlan> ReadJournalForReplay(File* file, File* data_file,
-                                               const JournalExtension& ext);
+// Called once per transaction to keep, in sequence order.
+using JournalApplyFn = std::function<Status(const JournalTransaction&)>;
+
+// Scans the ring of `ext` in `file` (the image file) and hands each committed
+// transaction to `apply` as soon as it is known to stand: once a later frame
+// confirms it, or, for the unconfirmed ones at the end, once the data
+// checksums of all of them have been verified against `data_file` (the image
+// file unless an external data file is used). Memory stays bounded by the
+// read-ahead window and the few transactions awaiting confirmation, whatever
+// the journal size. Corruption naming the field for a broken superblock or
+// frame; I/O errors as they are. On such an error the transactions already
+// applied form a committed prefix of the journal: a consistent state.
+Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
+                                            const JournalExtension& ext,
+                                            const JournalApplyFn& apply);
 
 // "replayed 3 transactions (41 records), dropped 1 unconfirmed" and the like.
 std::string DescribeReplay(const JournalReplayPlan& plan);

@@ -13,6 +13,7 @@
 
 #include "metadata/endian.h"
 #include "metadata/l2_entry.h"
+#include "metadata/zero_bytes.h"
 
 namespace qcow2j {
 
@@ -23,9 +24,7 @@ namespace {
 // petabyte disk; past this budget lost ranges stay unallocated.
 constexpr uint64_t kMaxZeroedLostBytes = 64ull << 30;
 
-bool AllZero(const uint8_t* p, size_t n) {
-  return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
-}
+bool AllZero(const uint8_t* p, size_t n) { return BufferIsZero(p, n); }
 
 }  // namespace
 

@@ -2,21 +2,11 @@
 
 #include <cstring>
 
+#include "metadata/zero_bytes.h"
+
 namespace qcow2j::cli {
 
-bool IsZero(const uint8_t* buf, size_t len) {
-  // Word-at-a-time; the compiler vectorises the OR reduction.
-  size_t i = 0;
-  for (; i + 64 <= len; i += 64) {
-    uint64_t w[8];
-    std::memcpy(w, buf + i, 64);
-    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
-  }
-  for (; i < len; i++) {
-    if (buf[i]) return false;
-  }
-  return true;
-}
+bool IsZero(const uint8_t* buf, size_t len) { return BufferIsZero(buf, len); }
 
 std::vector<ByteRun> NonZeroRuns(const uint8_t* buf, size_t len, uint64_t granularity,
                                  bool drop_zero_runs) {
