@@ -536,6 +536,7 @@ class WorkloadImpl final : public CrashWorkload {
     oo.env = wrapped_ ? wrapped_.get() : env_.get();
     oo.read_only = false;
     oo.format = "qcow2";
+    oo.background_checkpoints = false;  // one thread of I/O: a seed replays exactly
     QCOW2J_ASSIGN_OR_RETURN(image_, Image::Open(kImage, oo));
     return Status::OK();
   }
@@ -731,6 +732,7 @@ class WorkloadImpl final : public CrashWorkload {
     oo.env = copy.get();
     oo.read_only = false;
     oo.format = "qcow2";
+    oo.background_checkpoints = false;
     std::string what = at + ": after reopening read-write and writing [" + Hex(off) + ", +" +
                        Hex(len) + ")";
     {

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -284,7 +285,20 @@ class Qcow2Image final : public Image {
   bool jsums_ok_ = true;                   // false: commit syncs the data first (two syncs)
   uint64_t jsum_bytes_ = 0;
   std::map<uint64_t, SumRange> junconfirmed_;  // checksummed by the last commit, not yet confirmed
-  uint64_t jcommits_ = 0, jcheckpoints_ = 0;
+  std::atomic<uint64_t> jcommits_{0}, jcheckpoints_{0};  // read by Info() without the lock
+  // Background checkpoints: past the soft threshold (half the ring, or more
+  // dirty tables than the caches hold) a commit asks this thread to write the
+  // tables in place, so the guest flush that crossed it does not wait for
+  // that. Past the hard threshold (3/4 of the ring, twice the caches) the
+  // commit checkpoints inline. The thread takes meta_mu_ like any writer.
+  std::thread checkpointer_;
+  std::condition_variable checkpoint_cv_;  // with meta_mu_
+  bool checkpoint_wanted_ = false;
+  bool checkpointer_stop_ = false;
+  std::atomic<uint64_t> jbackground_checkpoints_{0};
+  void RequestCheckpointLocked();
+  void CheckpointerMain();
+  void StopCheckpointer();
   Status ReplayJournal();
   Status ApplyJournalRecord(const JournalRecord& r);
   Status StartJournalSessionLocked();

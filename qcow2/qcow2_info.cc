@@ -23,6 +23,9 @@ ImageInfo Qcow2Image::Info() {
   info.journal = header_.journal.has_value();
   info.journal_dirty_refcounts = jdirty_refcounts_;
   info.journal_pending = jpending_ || (header_.incompatible_features & kIncompatJournal);
+  info.journal_commits = jcommits_;
+  info.journal_checkpoints = jcheckpoints_;
+  info.journal_background_checkpoints = jbackground_checkpoints_;
   info.backing_file = header_.backing_file;
   if (!header_.backing_file.empty())
     info.full_backing_file = ResolveBackingPath(dir_, header_.backing_file);

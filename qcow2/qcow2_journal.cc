@@ -284,13 +284,55 @@ Status Qcow2Image::JournalFlushLocked() {
   jsum_bytes_ = 0;
   jsums_ok_ = true;
 
-  // Checkpoint once the ring is half full, or the caches hold far more dirty
-  // tables than their capacity (they cannot evict dirty ones).
-  const bool ring_full = jwriter_->free_bytes() < jext_->ring_bytes() / 2;
-  const bool cache_full = l2_cache_->dirty_count() > l2_cache_->capacity() ||
-                          refcounts_->dirty_blocks() > refcounts_->cache_capacity();
-  if (ring_full || cache_full) QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+  // Checkpoint once the ring is half full, or the caches hold more dirty
+  // tables than their capacity (they cannot evict dirty ones): in the
+  // background, unless the ring or the caches are far past that.
+  const uint64_t ring = jext_->ring_bytes();
+  const uint64_t free_bytes = jwriter_->free_bytes();
+  const size_t l2_dirty = l2_cache_->dirty_count(), rc_dirty = refcounts_->dirty_blocks();
+  const bool soft = free_bytes < ring / 2 || l2_dirty > l2_cache_->capacity() ||
+                    rc_dirty > refcounts_->cache_capacity();
+  const bool hard = free_bytes < ring / 4 || l2_dirty > 2 * l2_cache_->capacity() ||
+                    rc_dirty > 2 * refcounts_->cache_capacity();
+  if (hard || (soft && !opts_.background_checkpoints)) return CheckpointLocked();
+  if (soft) RequestCheckpointLocked();
   return Status::OK();
+}
+
+void Qcow2Image::RequestCheckpointLocked() {
+  if (checkpointer_stop_) return;
+  if (!checkpointer_.joinable()) checkpointer_ = std::thread([this] { CheckpointerMain(); });
+  checkpoint_wanted_ = true;
+  checkpoint_cv_.notify_one();
+}
+
+void Qcow2Image::CheckpointerMain() {
+  std::unique_lock<std::mutex> lk(meta_mu_);
+  for (;;) {
+    checkpoint_cv_.wait(lk, [&] { return checkpoint_wanted_ || checkpointer_stop_; });
+    if (checkpointer_stop_) return;
+    checkpoint_wanted_ = false;
+    if (!failed_.ok() || !jwriter_) continue;
+    // A flush first: it waits for the writes under way, fills their delayed
+    // COW and commits them, as a checkpoint from a guest flush would find
+    // them. Then, with meta_mu_ held throughout, the checkpoint.
+    Status s = FlushLocked(lk);
+    if (s.ok() && jwriter_ && !jwriter_->empty()) s = CheckpointLocked();
+    // A failed flush has marked the image failed (or, for ENOSPC, will be
+    // retried by the next commit, which checkpoints inline past the hard
+    // threshold and reports the error to its caller).
+    if (s.ok()) jbackground_checkpoints_++;
+    checkpoint_wanted_ = false;  // this flush may have asked again
+  }
+}
+
+void Qcow2Image::StopCheckpointer() {
+  {
+    std::lock_guard<std::mutex> lk(meta_mu_);
+    checkpointer_stop_ = true;
+    checkpoint_cv_.notify_all();
+  }
+  if (checkpointer_.joinable()) checkpointer_.join();
 }
 
 Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {

@@ -964,6 +964,7 @@ Status Qcow2Image::Flush() {
 
 Status Qcow2Image::Close() {
   if (closed_) return Status::OK();
+  StopCheckpointer();  // close checkpoints itself, below
   // A writer that never finished opening has nothing to flush; one that
   // failed earlier reports that failure rather than a clean close.
   Status s = failed_;

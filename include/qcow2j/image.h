@@ -30,6 +30,10 @@ struct OpenOptions {
   // Like qemu's l2-cache-size / refcount-cache-size, in bytes; 0 = default.
   uint64_t l2_cache_size = 0;
   uint64_t refcount_cache_size = 0;
+  // Journal checkpoints past the soft threshold run on a background thread.
+  // false: the commit that crosses it checkpoints inline, so the I/O sequence
+  // depends only on the caller's requests (the crash kit replays seeds).
+  bool background_checkpoints = true;
 };
 
 enum class Preallocation { kOff, kMetadata, kFalloc, kFull };
@@ -86,6 +90,10 @@ struct ImageInfo {
   bool journal = false;             // the qcow2j journal extension is present
   bool journal_dirty_refcounts = false;  // its dirty-refcount mode (refcounts rebuilt after a crash)
   bool journal_pending = false;     // incompatible bit 16: transactions not yet checkpointed
+  // This open's journal activity: transactions committed, checkpoints
+  // (tables written in place, ring emptied), and how many of those the
+  // background checkpointer ran.
+  uint64_t journal_commits = 0, journal_checkpoints = 0, journal_background_checkpoints = 0;
   std::string backing_file;         // as stored in the image
   std::string full_backing_file;    // resolved against the image's folder
   std::string backing_format;

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <thread>
 #include <vector>
 
 #include "metadata/header.h"
@@ -157,6 +158,34 @@ TEST(JournalEngineTest, OneSyncPerGuestFlushAndLittleMetadata) {
     ExpectQemuClean(img);
     ExpectQemuReads(img, {{0, 4096, 1}, {65536, 4096, 1}, {kFlushes * 65536ull, 4096, kFlushes}});
   }
+}
+
+// Past half the ring a commit hands the checkpoint to a background thread:
+// the guest flush that crossed the threshold returns after its one sync.
+TEST(JournalEngineTest, CheckpointsRunInTheBackgroundPastHalfTheRing) {
+  test::TempDir dir;
+  std::string img = dir.Path("bg.qcow2");
+  CreateOptions c;
+  c.size = 1ull << 30;
+  c.journal = true;
+  c.journal_size = 1 << 20;
+  ASSERT_TRUE(Image::Create(img, c).ok());
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  int written = 0;
+  for (int i = 0; i < 4000 && image->Info().journal_background_checkpoints == 0; i++) {
+    WritePattern(image.get(), uint64_t(i) * 65536, 4096, static_cast<uint8_t>(i % 250 + 1));
+    ASSERT_TRUE(image->Flush().ok());
+    written = i + 1;
+    std::this_thread::yield();  // the checkpointer needs the metadata lock
+  }
+  ImageInfo info = image->Info();
+  EXPECT_GT(info.journal_background_checkpoints, 0u) << written << " flushes, "
+                                                     << info.journal_checkpoints << " checkpoints";
+  EXPECT_GE(info.journal_commits, uint64_t(written));
+  ASSERT_TRUE(image->Close().ok());
+  ExpectQemuClean(img);
+  ExpectQemuReads(img, {{0, 4096, 1}, {uint64_t(written - 1) * 65536, 4096, (written - 1) % 250 + 1}});
 }
 
 TEST(JournalEngineTest, QemuRefusesAnImageWithUncheckpointedTransactions) {
