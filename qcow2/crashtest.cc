@@ -17,6 +17,7 @@
 #include "metadata/hex.h"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -72,6 +73,36 @@ void FillPattern(uint32_t p, uint64_t off, uint8_t* buf, size_t n) {
   for (; i < n; ++i) buf[i] = PatternByte(p, off + i);
 }
 
+// The first i < n with got[i] != PatternByte(p, off + i), or n. Compares
+// whole words against the pattern as it is generated (and zeros against
+// nothing at all) instead of building the expected bytes first: the full
+// read-back of every crash state runs through here.
+uint64_t PatternMismatch(uint32_t p, uint64_t off, const uint8_t* got, uint64_t n) {
+  uint64_t i = 0;
+  if (p == kZeroPattern) {
+    // memcmp against a zero block: the library's vector loop, by far the
+    // fastest way through the mostly-zero guest disks.
+    static const uint8_t kZeros[4096] = {};
+    for (; i + sizeof kZeros <= n; i += sizeof kZeros)
+      if (std::memcmp(got + i, kZeros, sizeof kZeros) != 0) break;
+    for (; i < n; ++i)
+      if (got[i]) return i;
+    return n;
+  }
+  for (; i < n && ((off + i) & 7); ++i)
+    if (got[i] != PatternByte(p, off + i)) return i;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, got + i, 8);
+    uint64_t want = PatternWord(p, (off + i) >> 3);
+    if constexpr (std::endian::native != std::endian::little) want = __builtin_bswap64(want);
+    if (w != want) break;
+  }
+  for (; i < n; ++i)
+    if (got[i] != PatternByte(p, off + i)) return i;
+  return n;
+}
+
 // Per byte of [0, size), the pattern ids it may read as (sorted, unique).
 class ByteModel {
  public:
@@ -106,7 +137,6 @@ class ByteModel {
   // The first byte of buf (guest [off, off+n)) outside its allowed set, or
   // UINT64_MAX.
   uint64_t FirstMismatch(uint64_t off, const uint8_t* buf, uint64_t n) const {
-    std::vector<uint8_t> expect;
     uint64_t end = off + n;
     auto it = std::prev(runs_.upper_bound(off));
     for (; it != runs_.end() && it->first < end; ++it) {
@@ -118,18 +148,22 @@ class ByteModel {
       const uint8_t* got = buf + (from - off);
       uint64_t len = to - from;
       if (c.size() == 1) {
-        expect.resize(len);
-        FillPattern(c[0], from, expect.data(), len);
-        if (std::memcmp(expect.data(), got, len) == 0) continue;
-        for (uint64_t i = 0; i < len; ++i)
-          if (expect[i] != got[i]) return from + i;
+        uint64_t bad = PatternMismatch(c[0], from, got, len);
+        if (bad != len) return from + bad;
+        continue;
       }
-      std::vector<std::vector<uint8_t>> alts(c.size(), std::vector<uint8_t>(len));
-      for (size_t k = 0; k < c.size(); ++k) FillPattern(c[k], from, alts[k].data(), len);
-      for (uint64_t i = 0; i < len; ++i) {
-        bool ok = false;
-        for (size_t k = 0; k < c.size() && !ok; ++k) ok = alts[k][i] == got[i];
-        if (!ok) return from + i;
+      // Several candidates: a byte passes when any of them matches it. Each
+      // candidate is tried from where the previous one stopped matching
+      // (runs of one pattern stay cheap); a byte no candidate matches fails.
+      uint64_t i = 0;
+      while (i < len) {
+        uint64_t best = i;
+        for (uint32_t id : c) {
+          if (PatternByte(id, from + i) != got[i]) continue;
+          best = std::max(best, i + PatternMismatch(id, from + i, got + i, len - i));
+        }
+        if (best == i) return from + i;
+        i = best;
       }
     }
     return UINT64_MAX;
@@ -485,8 +519,9 @@ class WorkloadImpl final : public CrashWorkload {
     oo.format = "qcow2";
     auto img = Image::Open(kImage, oo);
     if (!img.ok()) return Violation(at + ": reopen failed: " + img.status().ToString() + "\n" + History());
-    std::vector<uint8_t> buf;
-    constexpr uint64_t kChunk = 1 << 20;
+    // Chunks small enough that the read and the comparison stay in cache.
+    std::vector<uint8_t>& buf = read_buf_;
+    constexpr uint64_t kChunk = 256 << 10;
     for (uint64_t off = 0; off < cfg_.size; off += kChunk) {
       uint64_t n = std::min(kChunk, cfg_.size - off);
       buf.resize(n);
@@ -712,13 +747,13 @@ class WorkloadImpl final : public CrashWorkload {
   }
 
   Status Reuse(MemoryEnv* st, uint64_t seed, const std::string& at) {
-    // Work on a copy: the state itself may be handed on unchanged.
+    // Work on a copy (copy-on-write pages): the state itself may be handed
+    // on unchanged.
     auto copy = NewMemoryEnvForTest();
     for (const char* name : {kImage, kBacking}) {
       if (!st->Exists(name)) continue;
-      QCOW2J_ASSIGN_OR_RETURN(auto bytes, st->Contents(name));
-      QCOW2J_ASSIGN_OR_RETURN(auto f, copy->Open(name, kOpenCreate | kOpenTruncate));
-      if (!bytes.empty()) QCOW2J_RETURN_IF_ERROR(f->Write(0, bytes.data(), bytes.size()));
+      QCOW2J_ASSIGN_OR_RETURN(auto bytes, st->Share(name));
+      QCOW2J_RETURN_IF_ERROR(copy->Install(name, std::move(bytes)));
     }
     std::mt19937_64 rng(Mix64(seed ^ 0x5eed));
     uint64_t len = 1 + rng() % (256 << 10);
@@ -780,6 +815,7 @@ class WorkloadImpl final : public CrashWorkload {
   uint32_t next_pattern_ = 2;
   std::string history_;
   uint64_t point_ = 0;  // of the state being checked, for messages
+  std::vector<uint8_t> read_buf_;  // the read-back of CheckState, reused
 };
 
 // A request length: tiny and unaligned, sector multiples, cluster
