@@ -24,8 +24,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "io/crash_env.h"
 #include "io/memory_env.h"
@@ -1095,20 +1097,15 @@ Result<std::unique_ptr<CrashWorkload>> CrashWorkload::Create(const Config& confi
   return std::unique_ptr<CrashWorkload>(std::move(w));
 }
 
-CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
+// One stream of runs from `seed` until `states` crash states are verified
+// (RunCrashTest runs one per job).
+CrashTestResult RunJob(const CrashTestOptions& opts, uint64_t seed, uint64_t states,
+                       const std::string& job, bool have_qemu,
+                       const std::function<void(const std::string&)>& log) {
   CrashTestResult res;
-  res.seed = opts.seed ? opts.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
-  if (res.seed == 0) res.seed = 1;
-  auto log = [&](const std::string& m) {
-    if (opts.log) opts.log(m);
-  };
+  res.seed = seed;
   std::vector<CrashModel> models = opts.models;
   if (models.empty()) models = {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn};
-  const bool have_qemu =
-      opts.qemu_check_every &&
-      std::system((opts.qemu_img + " --version >/dev/null 2>&1").c_str()) == 0;
-  log("crashtest: seed " + std::to_string(res.seed) + ", " + std::to_string(opts.states) +
-      " states" + (opts.replay_run_seed ? ", replaying run seed " + std::to_string(opts.replay_run_seed) : ""));
 
   std::string replay_args;
   for (uint32_t c : opts.cluster_sizes) replay_args += " --cluster-size " + std::to_string(c);
@@ -1127,7 +1124,7 @@ CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
   };
 
   auto started = std::chrono::steady_clock::now();
-  while (res.states < opts.states && res.violations < std::max<uint64_t>(1, opts.max_violations)) {
+  while (res.states < states && res.violations < std::max<uint64_t>(1, opts.max_violations)) {
     const uint64_t run_seed = opts.replay_run_seed ? opts.replay_run_seed : Mix64(res.seed + res.runs);
     ++res.runs;
     std::mt19937_64 rng(run_seed);
@@ -1176,7 +1173,7 @@ CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
     for (uint64_t i = 0; i < opts.states_per_run; ++i) at.push_back(i == 0 ? points : rng() % (points + 1));
     std::sort(at.begin(), at.end());
     for (size_t i = 0; i < at.size(); ++i) {
-      if (!opts.replay_run_seed && res.states >= opts.states) break;
+      if (!opts.replay_run_seed && res.states >= states) break;
       const uint64_t point = at[i];
       CrashModel model = models[(i + run_seed) % models.size()];
       uint64_t state_seed = Mix64(run_seed ^ Mix64(i + 1));
@@ -1204,9 +1201,58 @@ CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
     if (opts.replay_run_seed) break;
     if (res.runs % 20 == 0) {
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      log("crashtest: " + std::to_string(res.runs) + " runs, " + std::to_string(res.states) +
+      log("crashtest" + job + ": " + std::to_string(res.runs) + " runs, " + std::to_string(res.states) +
           " states, " + std::to_string(res.violations) + " violations, " +
           std::to_string(res.leaky_states) + " leaky, " + std::to_string(static_cast<int>(secs)) + " s");
+    }
+  }
+  return res;
+}
+
+CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
+  uint64_t seed = opts.seed ? opts.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  if (seed == 0) seed = 1;
+  std::mutex log_mu;
+  auto log = [&](const std::string& m) {
+    if (!opts.log) return;
+    std::lock_guard lock(log_mu);
+    opts.log(m);
+  };
+  const bool have_qemu =
+      opts.qemu_check_every &&
+      std::system((opts.qemu_img + " --version >/dev/null 2>&1").c_str()) == 0;
+  const uint32_t jobs = opts.replay_run_seed ? 1 : std::max<uint32_t>(1, opts.jobs);
+  log("crashtest: seed " + std::to_string(seed) + ", " + std::to_string(opts.states) + " states" +
+      (jobs > 1 ? ", " + std::to_string(jobs) + " jobs" : "") +
+      (opts.replay_run_seed ? ", replaying run seed " + std::to_string(opts.replay_run_seed) : ""));
+  if (jobs == 1) return RunJob(opts, seed, opts.states, "", have_qemu, log);
+
+  // Job 0 is the single-job stream; job j > 0 derives its own master seed,
+  // so a (seed, jobs) pair always explores the same states. Every run seed
+  // replays alone with --replay whatever the job count.
+  std::vector<CrashTestResult> parts(jobs);
+  std::vector<std::thread> threads;
+  for (uint32_t j = 0; j < jobs; ++j) {
+    const uint64_t job_seed = j == 0 ? seed : Mix64(seed ^ Mix64(0x6a6f62ull + j));
+    const uint64_t share = opts.states / jobs + (j < opts.states % jobs ? 1 : 0);
+    threads.emplace_back([&, j, job_seed, share] {
+      parts[j] = RunJob(opts, job_seed, share, " job " + std::to_string(j), have_qemu, log);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  CrashTestResult res;
+  res.seed = seed;
+  for (const CrashTestResult& p : parts) {
+    res.runs += p.runs;
+    res.states += p.states;
+    for (int m = 0; m < 3; ++m) res.states_by_model[m] += p.states_by_model[m];
+    res.violations += p.violations;
+    res.leaky_states += p.leaky_states;
+    res.qemu_checks += p.qemu_checks;
+    res.reused += p.reused;
+    if (res.failure.empty() && !p.failure.empty()) {
+      res.failure = p.failure;
+      res.failing_run_seed = p.failing_run_seed;
     }
   }
   return res;

@@ -56,7 +56,12 @@ struct CrashTestOptions {
   // Every Nth state is also opened read-write, written, flushed, closed and
   // checked again (0: never).
   uint64_t reuse_every = 8;
-  uint64_t max_violations = 1;  // stop after this many
+  uint64_t max_violations = 1;  // stop after this many (per job)
+  // Worker threads, each with its own stream of runs (job 0 is the
+  // single-job stream of `seed`, job j > 0 a seed derived from it) and an
+  // equal share of `states`; the counts are summed. Deterministic for a
+  // given (seed, jobs). Ignored with replay_run_seed.
+  uint32_t jobs = 1;
   // The first failing crash state's files are written into this existing
   // folder as img.qcow2 (and backing.qcow2); "": not written.
   std::string dump_dir;

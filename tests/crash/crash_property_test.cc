@@ -62,6 +62,26 @@ TEST(CrashTest, ThousandsOfStatesAcrossTheThreeModels) {
   EXPECT_EQ(r.violations, 0u) << r.failure;
 }
 
+// --jobs: the states are shared out, the counts summed, and the same
+// (seed, jobs) explores the same states.
+TEST(CrashTest, JobsShareTheStatesAndAreDeterministic) {
+  CrashTestOptions o;
+  o.states = 301;
+  o.seed = 99;
+  o.jobs = 2;
+  CrashTestResult a = RunCrashTest(o);
+  CrashTestResult b = RunCrashTest(o);
+  EXPECT_EQ(a.states, 301u);
+  EXPECT_EQ(a.violations, 0u) << a.failure;
+  EXPECT_EQ(a.states_by_model[0] + a.states_by_model[1] + a.states_by_model[2], a.states);
+  EXPECT_EQ(a.runs, b.runs);
+  EXPECT_EQ(a.leaky_states, b.leaky_states);
+  EXPECT_EQ(a.reused, b.reused);
+  for (int m = 0; m < 3; ++m) EXPECT_EQ(a.states_by_model[m], b.states_by_model[m]);
+  // 151 + 150 states at 40 per run: four runs per job.
+  EXPECT_EQ(a.runs, 8u);
+}
+
 // Regression: with 512-byte clusters a new self-describing refcount block
 // and the refcount-table entry pointing at it were written with no sync
 // between them, so a crash could keep the entry and lose the block.
