@@ -67,6 +67,35 @@ void ApplyCrashOp(const CrashOp& op, std::vector<uint8_t>* bytes) {
   }
 }
 
+void ApplyCrashOp(const CrashOp& op, PagedBytes* bytes) {
+  switch (op.kind) {
+    case CrashOp::kWrite:
+      bytes->Write(op.offset, op.data.data(), op.data.size());
+      return;
+    case CrashOp::kTruncate:
+      bytes->Resize(op.offset);
+      return;
+    case CrashOp::kZeroRange:
+      if (op.length == 0) return;
+      bytes->Zero(op.offset, op.length, /*deallocate=*/false);
+      if (bytes->size() < op.offset + op.length) bytes->Resize(op.offset + op.length);
+      return;
+    case CrashOp::kPunchHole:
+      bytes->Zero(op.offset, op.length, /*deallocate=*/true);
+      return;
+    case CrashOp::kAllocate:
+      // op.data holds one byte: keep_size.
+      if ((op.data.empty() || !op.data[0]) && bytes->size() < op.offset + op.length)
+        bytes->Resize(op.offset + op.length);
+      return;
+    case CrashOp::kRemove:
+      bytes->Clear();
+      return;
+    case CrashOp::kSync:
+      return;
+  }
+}
+
 class CrashFile final : public File {
  public:
   CrashFile(CrashEnv* env, std::unique_ptr<File> base, uint32_t index, bool sync_writes)
@@ -288,7 +317,7 @@ void CrashStateBuilder::Reset() {
   exists_.clear();
   pending_.clear();
   for (const auto& f : env_->files_) {
-    durable_.push_back(f.bytes);
+    durable_.emplace_back().Assign(f.bytes);
     exists_.push_back(f.existed || !f.bytes.empty());
     pending_.emplace_back();
   }
@@ -300,7 +329,7 @@ void CrashStateBuilder::Advance(uint64_t point) {
   // Files registered after Reset (opened later) start empty, or as they were.
   while (durable_.size() < env_->files_.size()) {
     const auto& f = env_->files_[durable_.size()];
-    durable_.push_back(f.bytes);
+    durable_.emplace_back().Assign(f.bytes);
     exists_.push_back(f.existed || !f.bytes.empty());
     pending_.emplace_back();
   }
@@ -309,7 +338,7 @@ void CrashStateBuilder::Advance(uint64_t point) {
     if (op.kind == CrashOp::kRemove) {
       // Durable at once: what was pending on the file is gone with it.
       pending_[op.file].clear();
-      durable_[op.file].clear();
+      durable_[op.file].Clear();
       exists_[op.file] = false;
       continue;
     }
@@ -343,7 +372,7 @@ Status CrashStateBuilder::Build(uint64_t point, const CrashStateOptions& opts, M
   std::vector<std::string> names = env_->file_names();
   std::lock_guard lock(env_->mu_);
   for (size_t f = 0; f < durable_.size(); ++f) {
-    std::vector<uint8_t> bytes = durable_[f];
+    PagedBytes bytes = durable_[f];  // shares the pages
     bool exists = exists_[f];
     const auto& pend = pending_[f];
     sum.pending += pend.size();
@@ -387,14 +416,12 @@ Status CrashStateBuilder::Build(uint64_t point, const CrashStateOptions& opts, M
           if (!atom_lands(rng)) continue;
           uint64_t from = std::max(op.offset, a * atom);
           uint64_t to = std::min(op.offset + op.data.size(), (a + 1) * atom);
-          if (bytes.size() < to) bytes.resize(to, 0);
-          std::memcpy(bytes.data() + from, op.data.data() + (from - op.offset), to - from);
+          bytes.Write(from, op.data.data() + (from - op.offset), to - from);
         }
       }
     }
     if (!exists) continue;
-    QCOW2J_ASSIGN_OR_RETURN(auto file, out->Open(names[f], kOpenCreate | kOpenTruncate));
-    if (!bytes.empty()) QCOW2J_RETURN_IF_ERROR(file->Write(0, bytes.data(), bytes.size()));
+    QCOW2J_RETURN_IF_ERROR(out->Install(names[f], std::move(bytes)));
   }
   if (summary) *summary = sum;
   return Status::OK();

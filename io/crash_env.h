@@ -112,7 +112,8 @@ class CrashEnv final : public Env {
 
 // Builds crash states for non-decreasing points of one CrashEnv's log,
 // keeping the durable state of every file up to the last point, so a run of
-// points costs one pass over the log plus one copy per state.
+// points costs one pass over the log; each state shares the durable pages
+// copy-on-write and pays only for the pages its unsynced writes change.
 class CrashStateBuilder {
  public:
   explicit CrashStateBuilder(const CrashEnv* env);
@@ -126,13 +127,14 @@ class CrashStateBuilder {
 
   const CrashEnv* env_;
   uint64_t pos_ = 0;
-  std::vector<std::vector<uint8_t>> durable_;  // per file
+  std::vector<PagedBytes> durable_;  // per file
   std::vector<bool> exists_;
   std::vector<std::vector<uint64_t>> pending_;  // per file: op indexes since its last sync
 };
 
-// Applies one recorded operation to a dense file image (exposed for tests).
+// Applies one recorded operation to a file image (exposed for tests).
 void ApplyCrashOp(const CrashOp& op, std::vector<uint8_t>* bytes);
+void ApplyCrashOp(const CrashOp& op, PagedBytes* bytes);
 
 }  // namespace qcow2j
 

@@ -1,6 +1,8 @@
 // An Env whose files live in memory, for tests. A file is a size plus a sparse
-// ordered map of 4 KiB pages: pages never written read as zeros and cost
-// nothing, and range operations (truncate, punch) visit only pages that exist.
+// ordered map of 4 KiB pages (PagedBytes): pages never written read as zeros
+// and cost nothing, range operations (truncate, punch) visit only pages that
+// exist, and pages are shared copy-on-write between files made from one
+// another (Share / Install).
 //
 // Invariant: every byte of a page at or past the file size is zero, so growing
 // the file (Truncate up, a write past EOF) never exposes stale bytes.
@@ -23,60 +25,9 @@ constexpr uint64_t kPage = MemoryEnv::kPageSize;
 // it outlives Remove() while handles are open (like an unlinked inode).
 struct Inode {
   std::shared_mutex mu;
-  uint64_t size = 0;                                       // guarded by mu
-  std::map<uint64_t, std::unique_ptr<uint8_t[]>> pages;    // page index -> page
+  PagedBytes bytes;  // guarded by mu
   std::atomic<uint64_t> syncs{0};
   std::atomic<uint64_t> writes{0};
-
-  // Calls fn(page_or_null, offset_in_page, length, position_in_range) for each
-  // page-sized piece of [offset, offset+n), in order. Null when no page exists.
-  template <class Fn>
-  void ForEachPiece(uint64_t offset, uint64_t n, Fn fn) {
-    uint64_t done = 0;
-    auto it = pages.lower_bound(offset / kPage);
-    while (done < n) {
-      uint64_t pos = offset + done;
-      uint64_t index = pos / kPage;
-      uint64_t in_page = pos % kPage;
-      uint64_t len = std::min(n - done, kPage - in_page);
-      while (it != pages.end() && it->first < index) ++it;
-      uint8_t* page = (it != pages.end() && it->first == index) ? it->second.get() : nullptr;
-      fn(page, in_page, len, done);
-      done += len;
-    }
-  }
-
-  uint8_t* PageFor(uint64_t index) {
-    auto [it, inserted] = pages.try_emplace(index);
-    if (inserted) it->second.reset(new uint8_t[kPage]());
-    return it->second.get();
-  }
-
-  // Zeros [offset, offset+len): partial pages are cleared, whole pages are
-  // dropped when `deallocate`, else cleared. Never allocates.
-  void Zero(uint64_t offset, uint64_t len, bool deallocate) {
-    if (len == 0) return;
-    uint64_t end = offset + len;
-    uint64_t first_full = (offset + kPage - 1) / kPage;
-    uint64_t end_full = end / kPage;  // exclusive
-    auto clear = [&](uint64_t from, uint64_t to) {  // within one page
-      auto it = pages.find(from / kPage);
-      if (it != pages.end()) std::memset(it->second.get() + from % kPage, 0, to - from);
-    };
-    if (first_full > end_full) {  // inside a single page
-      clear(offset, end);
-      return;
-    }
-    if (offset % kPage) clear(offset, first_full * kPage);
-    if (end % kPage) clear(end_full * kPage, end);
-    auto lo = pages.lower_bound(first_full);
-    auto hi = pages.lower_bound(end_full);
-    if (deallocate) {
-      pages.erase(lo, hi);
-    } else {
-      for (auto it = lo; it != hi; ++it) std::memset(it->second.get(), 0, kPage);
-    }
-  }
 };
 
 class MemoryFile final : public File {
@@ -85,34 +36,16 @@ class MemoryFile final : public File {
       : inode_(std::move(inode)), path_(std::move(path)), read_only_(read_only) {}
 
   Status Read(uint64_t offset, void* buf, size_t n) override {
-    auto* out = static_cast<uint8_t*>(buf);
     std::shared_lock lock(inode_->mu);
-    // Pages past EOF are zero by the invariant, so no clipping to size is needed.
-    inode_->ForEachPiece(offset, n, [&](uint8_t* page, uint64_t in_page, uint64_t len,
-                                        uint64_t done) {
-      if (page) {
-        std::memcpy(out + done, page + in_page, len);
-      } else {
-        std::memset(out + done, 0, len);
-      }
-    });
+    inode_->bytes.Read(offset, static_cast<uint8_t*>(buf), n);
     return Status::OK();
   }
 
   Status Write(uint64_t offset, const void* buf, size_t n) override {
     QCOW2J_RETURN_IF_ERROR(CheckWritable("write", offset));
     if (n == 0) return Status::OK();
-    const auto* in = static_cast<const uint8_t*>(buf);
     std::unique_lock lock(inode_->mu);
-    uint64_t done = 0;
-    while (done < n) {
-      uint64_t pos = offset + done;
-      uint64_t in_page = pos % kPage;
-      uint64_t len = std::min<uint64_t>(n - done, kPage - in_page);
-      std::memcpy(inode_->PageFor(pos / kPage) + in_page, in + done, len);
-      done += len;
-    }
-    inode_->size = std::max(inode_->size, offset + n);
+    inode_->bytes.Write(offset, static_cast<const uint8_t*>(buf), n);
     inode_->writes.fetch_add(1, std::memory_order_relaxed);
     return Status::OK();
   }
@@ -124,24 +57,13 @@ class MemoryFile final : public File {
 
   Result<uint64_t> Size() override {
     std::shared_lock lock(inode_->mu);
-    return inode_->size;
+    return inode_->bytes.size();
   }
 
   Status Truncate(uint64_t size) override {
     QCOW2J_RETURN_IF_ERROR(CheckWritable("truncate", size));
     std::unique_lock lock(inode_->mu);
-    if (size < inode_->size) {
-      // Keep the invariant: drop whole pages past the end, clear the tail of
-      // the last page.
-      uint64_t first_gone = (size + kPage - 1) / kPage;
-      inode_->pages.erase(inode_->pages.lower_bound(first_gone), inode_->pages.end());
-      if (size % kPage) {
-        auto it = inode_->pages.find(size / kPage);
-        if (it != inode_->pages.end())
-          std::memset(it->second.get() + size % kPage, 0, kPage - size % kPage);
-      }
-    }
-    inode_->size = size;
+    inode_->bytes.Resize(size);
     return Status::OK();
   }
 
@@ -149,9 +71,8 @@ class MemoryFile final : public File {
     QCOW2J_RETURN_IF_ERROR(CheckWritable("allocate", offset));
     if (len == 0) return Status::OK();
     std::unique_lock lock(inode_->mu);
-    for (uint64_t index = offset / kPage; index <= (offset + len - 1) / kPage; ++index)
-      inode_->PageFor(index);
-    if (!keep_size) inode_->size = std::max(inode_->size, offset + len);
+    inode_->bytes.Allocate(offset, len);
+    if (!keep_size && inode_->bytes.size() < offset + len) inode_->bytes.Resize(offset + len);
     return Status::OK();
   }
 
@@ -161,8 +82,8 @@ class MemoryFile final : public File {
     QCOW2J_RETURN_IF_ERROR(CheckWritable("zero range", offset));
     if (len == 0) return Status::OK();
     std::unique_lock lock(inode_->mu);
-    inode_->Zero(offset, len, /*deallocate=*/false);
-    inode_->size = std::max(inode_->size, offset + len);
+    inode_->bytes.Zero(offset, len, /*deallocate=*/false);
+    if (inode_->bytes.size() < offset + len) inode_->bytes.Resize(offset + len);
     return Status::OK();
   }
 
@@ -170,13 +91,13 @@ class MemoryFile final : public File {
   Status PunchHole(uint64_t offset, uint64_t len) override {
     QCOW2J_RETURN_IF_ERROR(CheckWritable("punch hole", offset));
     std::unique_lock lock(inode_->mu);
-    inode_->Zero(offset, len, /*deallocate=*/true);
+    inode_->bytes.Zero(offset, len, /*deallocate=*/true);
     return Status::OK();
   }
 
   Result<uint64_t> AllocatedBytes() override {
     std::shared_lock lock(inode_->mu);
-    return static_cast<uint64_t>(inode_->pages.size()) * kPage;
+    return static_cast<uint64_t>(inode_->bytes.page_count()) * kPage;
   }
 
  private:
@@ -206,8 +127,7 @@ class MemoryEnvImpl final : public MemoryEnv {
     if ((flags & kOpenTruncate) && !read_only) {
       Inode& inode = *it->second;
       std::unique_lock ilock(inode.mu);
-      inode.pages.clear();
-      inode.size = 0;
+      inode.bytes.Clear();
     }
     return std::unique_ptr<File>(new MemoryFile(it->second, path, read_only));
   }
@@ -227,13 +147,7 @@ class MemoryEnvImpl final : public MemoryEnv {
     std::shared_ptr<Inode> inode = Find(path);
     if (!inode) return Status::NotFound("'" + path + "': no such file");
     std::shared_lock lock(inode->mu);
-    std::vector<uint8_t> bytes(inode->size, 0);
-    for (const auto& [index, page] : inode->pages) {
-      uint64_t start = index * kPage;
-      if (start >= inode->size) break;
-      std::memcpy(bytes.data() + start, page.get(), std::min(kPage, inode->size - start));
-    }
-    return bytes;
+    return inode->bytes.Dense();
   }
 
   Result<FileStats> Stats(const std::string& path) override {
@@ -241,11 +155,26 @@ class MemoryEnvImpl final : public MemoryEnv {
     if (!inode) return Status::NotFound("'" + path + "': no such file");
     std::shared_lock lock(inode->mu);
     FileStats s;
-    s.size = inode->size;
-    s.allocated_pages = inode->pages.size();
+    s.size = inode->bytes.size();
+    s.allocated_pages = inode->bytes.page_count();
     s.syncs = inode->syncs.load(std::memory_order_relaxed);
     s.writes = inode->writes.load(std::memory_order_relaxed);
     return s;
+  }
+
+  Result<PagedBytes> Share(const std::string& path) override {
+    std::shared_ptr<Inode> inode = Find(path);
+    if (!inode) return Status::NotFound("'" + path + "': no such file");
+    std::shared_lock lock(inode->mu);
+    return inode->bytes;
+  }
+
+  Status Install(const std::string& path, PagedBytes bytes) override {
+    auto inode = std::make_shared<Inode>();
+    inode->bytes = std::move(bytes);
+    std::lock_guard lock(mu_);
+    files_[path] = std::move(inode);
+    return Status::OK();
   }
 
  private:
@@ -260,6 +189,118 @@ class MemoryEnvImpl final : public MemoryEnv {
 };
 
 }  // namespace
+
+void PagedBytes::Read(uint64_t offset, uint8_t* out, uint64_t n) const {
+  // Pages past the size are zero by the invariant: no clipping needed.
+  uint64_t done = 0;
+  auto it = pages_.lower_bound(offset / kPage);
+  while (done < n) {
+    uint64_t pos = offset + done;
+    uint64_t index = pos / kPage;
+    uint64_t in_page = pos % kPage;
+    uint64_t len = std::min(n - done, kPage - in_page);
+    while (it != pages_.end() && it->first < index) ++it;
+    if (it != pages_.end() && it->first == index) {
+      std::memcpy(out + done, it->second.get() + in_page, len);
+    } else {
+      std::memset(out + done, 0, len);
+    }
+    done += len;
+  }
+}
+
+uint8_t* PagedBytes::Writable(uint64_t index) {
+  auto [it, inserted] = pages_.try_emplace(index);
+  if (inserted) {
+    it->second = std::make_shared<uint8_t[]>(kPage);  // zeroed
+  } else if (it->second.use_count() > 1) {
+    // Shared with another file: copy before changing. (A count that drops
+    // to 1 behind our back only costs a needless copy; it cannot rise, as
+    // copies are made under the owner's lock.)
+    auto copy = std::make_shared_for_overwrite<uint8_t[]>(kPage);
+    std::memcpy(copy.get(), it->second.get(), kPage);
+    it->second = std::move(copy);
+  }
+  return it->second.get();
+}
+
+void PagedBytes::Write(uint64_t offset, const uint8_t* in, uint64_t n) {
+  if (n == 0) return;
+  uint64_t done = 0;
+  while (done < n) {
+    uint64_t pos = offset + done;
+    uint64_t in_page = pos % kPage;
+    uint64_t len = std::min<uint64_t>(n - done, kPage - in_page);
+    std::memcpy(Writable(pos / kPage) + in_page, in + done, len);
+    done += len;
+  }
+  size_ = std::max(size_, offset + n);
+}
+
+void PagedBytes::Zero(uint64_t offset, uint64_t len, bool deallocate) {
+  if (len == 0) return;
+  uint64_t end = offset + len;
+  uint64_t first_full = (offset + kPage - 1) / kPage;
+  uint64_t end_full = end / kPage;  // exclusive
+  auto clear = [&](uint64_t from, uint64_t to) {  // within one page
+    if (pages_.count(from / kPage)) std::memset(Writable(from / kPage) + from % kPage, 0, to - from);
+  };
+  if (first_full > end_full) {  // inside a single page
+    clear(offset, end);
+    return;
+  }
+  if (offset % kPage) clear(offset, first_full * kPage);
+  if (end % kPage) clear(end_full * kPage, end);
+  auto lo = pages_.lower_bound(first_full);
+  auto hi = pages_.lower_bound(end_full);
+  if (deallocate) {
+    pages_.erase(lo, hi);
+  } else {
+    // A page that is kept allocated becomes a fresh zero page.
+    for (auto it = lo; it != hi; ++it) it->second = std::make_shared<uint8_t[]>(kPage);
+  }
+}
+
+void PagedBytes::Allocate(uint64_t offset, uint64_t n) {
+  if (n == 0) return;
+  for (uint64_t index = offset / kPage; index <= (offset + n - 1) / kPage; ++index) {
+    auto [it, inserted] = pages_.try_emplace(index);
+    if (inserted) it->second = std::make_shared<uint8_t[]>(kPage);
+  }
+}
+
+void PagedBytes::Resize(uint64_t size) {
+  if (size < size_) {
+    // Keep the invariant: drop whole pages past the end, clear the tail of
+    // the last page.
+    uint64_t first_gone = (size + kPage - 1) / kPage;
+    pages_.erase(pages_.lower_bound(first_gone), pages_.end());
+    if (size % kPage && pages_.count(size / kPage))
+      std::memset(Writable(size / kPage) + size % kPage, 0, kPage - size % kPage);
+  }
+  size_ = size;
+}
+
+void PagedBytes::Assign(const std::vector<uint8_t>& bytes) {
+  static const uint8_t kZeros[kPage] = {};
+  pages_.clear();
+  size_ = bytes.size();
+  for (uint64_t pos = 0; pos < bytes.size(); pos += kPage) {
+    uint64_t len = std::min<uint64_t>(kPage, bytes.size() - pos);
+    if (std::memcmp(bytes.data() + pos, kZeros, len) == 0) continue;
+    std::memcpy(Writable(pos / kPage), bytes.data() + pos, len);
+  }
+}
+
+std::vector<uint8_t> PagedBytes::Dense() const {
+  std::vector<uint8_t> out(size_, 0);
+  for (const auto& [index, page] : pages_) {
+    uint64_t start = index * kPage;
+    if (start >= size_) break;
+    std::memcpy(out.data() + start, page.get(), std::min(kPage, size_ - start));
+  }
+  return out;
+}
 
 std::unique_ptr<MemoryEnv> NewMemoryEnvForTest() { return std::make_unique<MemoryEnvImpl>(); }
 

@@ -894,15 +894,19 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
     QCOW2J_RETURN_IF_ERROR(file_->Sync());
     uint64_t old_off = header_.l1_table_offset;
     uint64_t old_clusters = (l1_.size() * 8 + cluster_size_ - 1) >> cluster_bits_;
-    uint8_t l1_fields[12];
-    StoreBE32(l1_fields, static_cast<uint32_t>(need));
-    StoreBE64(l1_fields + 4, off);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(36, l1_fields, 12));  // l1_size, l1_table_offset
+    // size, crypt_method, l1_size and l1_table_offset (bytes 24..47) in one
+    // write within the first sector: two writes could reach the disk one
+    // without the other, and a header whose size needs more L1 entries than
+    // l1_size is refused on open (the crash kit found this).
+    uint8_t fields[24];
+    StoreBE64(fields, new_size);
+    StoreBE32(fields + 8, header_.crypt_method);
+    StoreBE32(fields + 12, static_cast<uint32_t>(need));
+    StoreBE64(fields + 16, off);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, fields, sizeof fields));
     header_.l1_size = static_cast<uint32_t>(need);
     header_.l1_table_offset = off;
     l1_.resize(need, 0);
-    StoreBE64(field, new_size);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, field, 8));
     QCOW2J_RETURN_IF_ERROR(file_->Sync());
     metadata_map_->Remove(old_off, MetadataKind::kL1);  // overlap-guard
     for (uint64_t i = 0; i < old_clusters && old_off; i++)

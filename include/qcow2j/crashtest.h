@@ -1,11 +1,16 @@
-// The crash-testing kit's entry point: random workloads of write, zero,
-// discard, flush and reopen run against an image on a crash-recording Env
+// The crash-testing kit's entry point: random workloads of write, compressed
+// write, zero, discard, flush, resize, close/reopen and snapshot
+// create/apply/delete run against an image on a crash-recording Env
 // and an in-memory reference model; at random crash points the on-disk state
 // is rebuilt under a fault model, reopened and checked:
 //   - every write acknowledged before the last completed flush reads back;
 //   - every other byte reads as its value at that flush or as a value some
 //     later request wrote to it (zero and discard count as writing zeros);
-//   - CheckImage finds no corruption (leaks are counted, not failed);
+//   - CheckImage finds no corruption, and no leak with the journal on
+//     (except for a crash inside an offline snapshot operation, which is
+//     documented to leak at worst);
+//   - the virtual size is one the disk had at that flush or was resized
+//     to since;
 //   - on a sample, qemu-img check agrees, and the engine can keep writing.
 // `qcow2j crashtest` and tests/crash drive this.
 #ifndef QCOW2J_CRASHTEST_H_
@@ -51,7 +56,12 @@ struct CrashTestOptions {
   // Every Nth state is also opened read-write, written, flushed, closed and
   // checked again (0: never).
   uint64_t reuse_every = 8;
-  uint64_t max_violations = 1;  // stop after this many
+  uint64_t max_violations = 1;  // stop after this many (per job)
+  // Worker threads, each with its own stream of runs (job 0 is the
+  // single-job stream of `seed`, job j > 0 a seed derived from it) and an
+  // equal share of `states`; the counts are summed. Deterministic for a
+  // given (seed, jobs). Ignored with replay_run_seed.
+  uint32_t jobs = 1;
   // The first failing crash state's files are written into this existing
   // folder as img.qcow2 (and backing.qcow2); "": not written.
   std::string dump_dir;
@@ -95,13 +105,27 @@ class CrashWorkload {
   static Result<std::unique_ptr<CrashWorkload>> Create(const Config& config);
   virtual ~CrashWorkload() = default;
 
-  virtual uint64_t size() const = 0;
+  virtual uint64_t size() const = 0;  // the current virtual size
   // Guest requests. The data written is a pattern unique to the request.
   // A failed request is a violation only in the caller's eyes: the model
   // allows either outcome for its range.
   virtual Status Write(uint64_t offset, uint64_t len) = 0;
   virtual Status WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) = 0;
   virtual Status Discard(uint64_t offset, uint64_t len) = 0;
+  // Image::WriteCompressed of a compressible pattern: offset is rounded down
+  // to a cluster and the length up to whole clusters (or to the end).
+  virtual Status WriteCompressed(uint64_t offset, uint64_t len) = 0;
+  // Image::Resize; shrinking (allowed only without snapshots) drops the
+  // data past the new end: it reads as zeros if the disk grows again.
+  virtual Status Resize(uint64_t new_size) = 0;
+  // Internal snapshots, as qemu-img snapshot -c/-a/-d does them: the image
+  // is closed, the offline operation runs on its file, the image reopens.
+  // Snapshots are named by index in the order they were made (0 ..
+  // snapshot_count()); apply restores the model's disk (and size) as it was.
+  virtual Status CreateSnapshot() = 0;
+  virtual Status ApplySnapshot(size_t index) = 0;
+  virtual Status DeleteSnapshot(size_t index) = 0;
+  virtual size_t snapshot_count() const = 0;
   virtual Status Flush() = 0;
   virtual Status Reopen() = 0;  // Close, then Open read-write
   virtual Status Close() = 0;   // a flush in the model; requests fail until Open

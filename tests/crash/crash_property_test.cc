@@ -62,6 +62,26 @@ TEST(CrashTest, ThousandsOfStatesAcrossTheThreeModels) {
   EXPECT_EQ(r.violations, 0u) << r.failure;
 }
 
+// --jobs: the states are shared out, the counts summed, and the same
+// (seed, jobs) explores the same states.
+TEST(CrashTest, JobsShareTheStatesAndAreDeterministic) {
+  CrashTestOptions o;
+  o.states = 301;
+  o.seed = 99;
+  o.jobs = 2;
+  CrashTestResult a = RunCrashTest(o);
+  CrashTestResult b = RunCrashTest(o);
+  EXPECT_EQ(a.states, 301u);
+  EXPECT_EQ(a.violations, 0u) << a.failure;
+  EXPECT_EQ(a.states_by_model[0] + a.states_by_model[1] + a.states_by_model[2], a.states);
+  EXPECT_EQ(a.runs, b.runs);
+  EXPECT_EQ(a.leaky_states, b.leaky_states);
+  EXPECT_EQ(a.reused, b.reused);
+  for (int m = 0; m < 3; ++m) EXPECT_EQ(a.states_by_model[m], b.states_by_model[m]);
+  // 151 + 150 states at 40 per run: four runs per job.
+  EXPECT_EQ(a.runs, 8u);
+}
+
 // Regression: with 512-byte clusters a new self-describing refcount block
 // and the refcount-table entry pointing at it were written with no sync
 // between them, so a crash could keep the entry and lose the block.
@@ -70,6 +90,75 @@ TEST(CrashTest, RefcountBlockOrderingWithTinyClusters) {
   o.replay_run_seed = 2092789425003139053ull;  // size 32 MiB, cluster 512
   CrashTestResult r = RunCrashTest(o);
   EXPECT_EQ(r.violations, 0u) << r.failure;
+}
+
+// Regression: growing past what the L1 table covers wrote the new l1_size
+// and l1_table_offset, then the new size, as two header writes with no sync
+// between; a crash could keep the size and lose the L1 fields, and the image
+// no longer opened ("header field l1_size 5 is too small for size 13950976").
+TEST(CrashTest, ResizeThatGrowsTheL1TableSwitchesTheHeaderInOneWrite) {
+  for (bool journal : {false, true}) {
+    CrashWorkload::Config c;
+    c.size = 8ull << 20;
+    c.cluster_size = 4096;  // 2 MiB per L1 entry
+    c.journal = journal;
+    auto w = CrashWorkload::Create(c);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    ASSERT_TRUE((*w)->Write(4096, 65536).ok());
+    ASSERT_TRUE((*w)->Flush().ok());
+    const uint64_t from = (*w)->crash_points();
+    ASSERT_TRUE((*w)->Resize(13950976).ok());  // 7 L1 entries
+    EXPECT_EQ((*w)->size(), 13950976u);
+    ASSERT_TRUE((*w)->Write(13950976 - 1000, 1000).ok());
+    ASSERT_TRUE((*w)->Flush().ok());
+    const uint64_t to = (*w)->crash_points();
+    for (uint64_t p = from; p <= to; ++p) {
+      for (CrashModel m : {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn}) {
+        for (uint64_t seed = 1; seed <= (m == CrashModel::kPrefix ? 1u : 32u); ++seed) {
+          bool leaked = false;
+          Status s = (*w)->VerifyCrash(p, m, seed, &leaked);
+          ASSERT_TRUE(s.ok()) << "journal " << journal << ": " << s.ToString();
+        }
+      }
+    }
+  }
+}
+
+// Snapshot create, apply and delete, resize and compressed writes in one
+// sequence, verified at every crash point: apply must bring back the
+// snapshot's data and size (and a later shrink must not expose it).
+TEST(CrashTest, SnapshotsResizeAndCompressedWritesAtEveryCrashPoint) {
+  CrashWorkload::Config c;
+  c.size = 4ull << 20;
+  c.cluster_size = 65536;
+  c.backing = true;
+  auto w = CrashWorkload::Create(c);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  CrashWorkload& x = **w;
+  ASSERT_TRUE(x.WriteCompressed(0, 3 * 65536).ok());
+  ASSERT_TRUE(x.Write(100000, 200000).ok());
+  ASSERT_TRUE(x.CreateSnapshot().ok());
+  ASSERT_EQ(x.snapshot_count(), 1u);
+  ASSERT_TRUE(x.Resize(6ull << 20).ok());
+  ASSERT_TRUE(x.Write(5ull << 20, 300000).ok());
+  ASSERT_TRUE(x.WriteCompressed(65536, 65536).ok());
+  ASSERT_TRUE(x.CheckLive(0, x.size()).ok());
+  ASSERT_TRUE(x.ApplySnapshot(0).ok());
+  EXPECT_EQ(x.size(), 4ull << 20);  // the snapshot's size
+  ASSERT_TRUE(x.CheckLive(0, x.size()).ok());
+  ASSERT_TRUE(x.DeleteSnapshot(0).ok());
+  ASSERT_EQ(x.snapshot_count(), 0u);
+  ASSERT_TRUE(x.Resize(1ull << 20).ok());
+  ASSERT_TRUE(x.Resize(3ull << 20).ok());
+  ASSERT_TRUE(x.CheckLive(0, x.size()).ok());  // zeros past 1 MiB
+  ASSERT_TRUE(x.Flush().ok());
+  for (uint64_t p = 0; p <= x.crash_points(); ++p) {
+    for (CrashModel m : {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn}) {
+      bool leaked = false;
+      Status s = x.VerifyCrash(p, m, p * 3 + static_cast<int>(m), &leaked);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------

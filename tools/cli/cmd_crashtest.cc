@@ -14,7 +14,7 @@ namespace qcow2j::cli {
 int CmdCrashtest(int argc, char** argv) {
   CrashTestOptions o;
   bool verbose = false;
-  enum { kStates = 256, kSeed, kModel, kReplay, kOps, kPerRun, kQemuEvery, kReuseEvery, kMaxViol, kDump, kCluster };
+  enum { kStates = 256, kSeed, kModel, kReplay, kOps, kPerRun, kQemuEvery, kReuseEvery, kMaxViol, kDump, kCluster, kJobs };
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
                                  {"states", required_argument, nullptr, kStates},
                                  {"seed", required_argument, nullptr, kSeed},
@@ -27,6 +27,7 @@ int CmdCrashtest(int argc, char** argv) {
                                  {"max-violations", required_argument, nullptr, kMaxViol},
                                  {"dump", required_argument, nullptr, kDump},
                                  {"cluster-size", required_argument, nullptr, kCluster},
+                                 {"jobs", required_argument, nullptr, kJobs},
                                  {"verbose", no_argument, nullptr, 'v'},
                                  {nullptr, 0, nullptr, 0}};
   o.qemu_check_every = 100;
@@ -58,6 +59,10 @@ int CmdCrashtest(int argc, char** argv) {
       case kQemuEvery: if (!number("qemu-img check interval", &o.qemu_check_every)) return 2; break;
       case kReuseEvery: if (!number("reuse interval", &o.reuse_every)) return 2; break;
       case kMaxViol: if (!number("violation limit", &o.max_violations)) return 2; break;
+      case kJobs:
+        if (!number("job count", &tmp) || tmp == 0 || tmp > 256) return 2;
+        o.jobs = static_cast<uint32_t>(tmp);
+        break;
       case kModel: {
         std::string m = optarg;
         if (m == "all") {
@@ -87,7 +92,7 @@ int CmdCrashtest(int argc, char** argv) {
         std::printf("usage: qcow2j crashtest [--states N] [--seed S] [--model prefix|subset|torn|all]\n"
                     "         [--replay RUN_SEED] [--ops N] [--states-per-run N]\n"
                     "         [--qemu-check-every N] [--reuse-every N] [--max-violations N] [--dump DIR]\n"
-                    "         [--cluster-size SIZE]... [-v]\n");
+                    "         [--cluster-size SIZE]... [--jobs N] [-v]\n");
         return 0;
       case ':': PrintErrorF("option '%s' needs an argument", argv[optind - 1]); return 2;
       default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 2;
