@@ -9,6 +9,11 @@
 // whose: submit, wait for the one completion, return its result. Short
 // transfers, EINTR/EAGAIN, EOF, IOV_MAX and O_DIRECT bounce buffers are
 // PosixFile's business, exactly as with the system calls.
+//
+// Not a speed-up for everything: a direct write that allocates (past EOF or
+// into unwritten extents) cannot be issued without blocking on ext4, so the
+// kernel punts it to an io-wq worker thread, one more wake-up than pwritev
+// would cost. Direct reads and overwrites complete inline.
 #include <liburing.h>
 
 #include <cerrno>
