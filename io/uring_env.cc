@@ -13,7 +13,9 @@
 // Not a speed-up for everything: a direct write that allocates (past EOF or
 // into unwritten extents) cannot be issued without blocking on ext4, so the
 // kernel punts it to an io-wq worker thread, one more wake-up than pwritev
-// would cost. Direct reads and overwrites complete inline.
+// would cost; so is one over a range that still has page-cache pages (a file
+// written without O_DIRECT earlier). Direct reads and direct overwrites of
+// written blocks complete inline, without the worker.
 #include <liburing.h>
 
 #include <cerrno>
