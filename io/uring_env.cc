@@ -17,7 +17,9 @@
 // written without O_DIRECT earlier). Direct reads and direct overwrites of
 // written blocks complete inline, without the worker.
 #include <liburing.h>
+#include <pthread.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -41,6 +43,11 @@ int InitRing(io_uring* ring) {
   return r;
 }
 
+// Bumped in a child after fork(): the forking thread's ring (inherited, but
+// the parent's, and refused to any other task under SINGLE_ISSUER) must be
+// dropped and a fresh one made for the child.
+std::atomic<unsigned> g_fork_generation{0};
+
 class ThreadRing {
  public:
   ThreadRing() = default;
@@ -52,10 +59,13 @@ class ThreadRing {
   // result (bytes or -errno), or -errno when the ring itself failed.
   template <class Prep>
   int Run(Prep prep) {
+    const unsigned generation = g_fork_generation.load(std::memory_order_relaxed);
+    if (open_ && generation_ != generation) Close();
     if (!open_) {
       int r = InitRing(&ring_);
       if (r < 0) return r;
       open_ = true;
+      generation_ = generation;
     }
     // Never null: the ring is empty between requests.
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -95,6 +105,7 @@ class ThreadRing {
 
   io_uring ring_{};
   bool open_ = false;
+  unsigned generation_ = 0;
 };
 
 ThreadRing& CallingThreadRing() {
@@ -136,6 +147,10 @@ Status Probe() {
 Result<Env*> Env::IoUring() {
   static const Status usable = Probe();
   if (!usable.ok()) return usable;
+  static const int atfork = pthread_atfork(nullptr, nullptr, [] {
+    g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  });
+  (void)atfork;
   static UringIo* io = new UringIo();
   static Env* env = NewPosixEnv(io).release();
   return env;

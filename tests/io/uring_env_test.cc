@@ -102,6 +102,37 @@ TEST(UringEnvTest, EachThreadGetsItsOwnRingClosedWhenItEnds) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(back[t], t);
 }
 
+// A child of fork() inherits the forking thread's ring, which is the
+// parent's (and refused to the child under SINGLE_ISSUER): its I/O must
+// still work, on a ring of its own, and leave the parent's ring working.
+TEST(UringEnvTest, ForkedChildGetsAFreshRing) {
+  URING_OR_SKIP(env);
+  TempDir dir;
+  auto f = env->Open(dir.Path("f"), kOpenCreate);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  const std::string hello = "before fork";
+  ASSERT_TRUE((*f)->Write(0, hello.data(), hello.size()).ok());  // this thread's ring now exists
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    char buf[11] = {};
+    const std::string child = "from child";
+    int code = 0;
+    if (!(*f)->Read(0, buf, sizeof buf).ok()) code = 1;
+    else if (std::string(buf, sizeof buf) != hello) code = 2;
+    else if (!(*f)->Write(100, child.data(), child.size()).ok()) code = 3;
+    else if (!(*f)->Sync().ok()) code = 4;
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: read failed, 2: wrong bytes, 3: write failed, 4: sync failed";
+  char back[10] = {};
+  ASSERT_TRUE((*f)->Read(100, back, sizeof back).ok());
+  EXPECT_EQ(std::string(back, sizeof back), "from child");
+}
+
 // Runs the CLI with args in a child whose seccomp filter makes io_uring_setup
 // fail with err, as an old kernel (ENOSYS) or a container's profile (EPERM)
 // does. Returns the exit status (-1: could not run; 77: seccomp unavailable)
