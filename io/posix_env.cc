@@ -1,6 +1,11 @@
 // The default Env: POSIX files with positional I/O (pread/pwrite/preadv/pwritev),
 // fdatasync, and fallocate for preallocation, zeroing and hole punching.
 //
+// The reads, writes and syncs themselves go through a PositionalIo
+// (io/posix_env.h): plain system calls here, io_uring in io/uring_env.cc.
+// Everything around them (retries of short transfers, EOF as zeros, IOV_MAX
+// windows, O_DIRECT bounce buffers) is this file's, whichever does the I/O.
+//
 // With kOpenDirect the file is opened O_DIRECT (cache=none). The kernel then
 // insists that offset, length and buffer address are multiples of the
 // device's direct-I/O alignment. Callers that cannot align (headers, 512-byte
@@ -33,6 +38,7 @@
 #include <mutex>
 #include <vector>
 
+#include "io/posix_env.h"
 #include "qcow2j/file.h"
 
 namespace qcow2j {
@@ -127,10 +133,27 @@ void Advance(std::vector<iovec>& iov, size_t& first, size_t n) {
   while (first < iov.size() && iov[first].iov_len == 0) ++first;
 }
 
+// The plain system calls.
+class SyscallIo final : public PositionalIo {
+ public:
+  ssize_t Preadv(int fd, const iovec* iov, int cnt, uint64_t offset) override {
+    ssize_t r = ::preadv(fd, iov, cnt, static_cast<off_t>(offset));
+    return r < 0 ? -errno : r;
+  }
+  ssize_t Pwritev(int fd, const iovec* iov, int cnt, uint64_t offset) override {
+    ssize_t r = ::pwritev(fd, iov, cnt, static_cast<off_t>(offset));
+    return r < 0 ? -errno : r;
+  }
+  int Fdatasync(int fd) override { return ::fdatasync(fd) != 0 ? -errno : 0; }
+};
+
+// EINTR and EAGAIN (io_uring's "try again") mean the call did nothing: retry.
+bool Retry(ssize_t r) { return r == -EINTR || r == -EAGAIN; }
+
 class PosixFile final : public File {
  public:
-  PosixFile(int fd, std::string path, bool direct, size_t alignment)
-      : fd_(fd), path_(std::move(path)), direct_(direct), alignment_(alignment) {}
+  PosixFile(int fd, std::string path, bool direct, size_t alignment, PositionalIo* io)
+      : fd_(fd), path_(std::move(path)), direct_(direct), alignment_(alignment), io_(io) {}
   ~PosixFile() override { ::close(fd_); }
 
   Status Read(uint64_t offset, void* buf, size_t n) override {
@@ -154,8 +177,9 @@ class PosixFile final : public File {
   }
 
   Status Sync() override {
-    while (::fdatasync(fd_) != 0) {
-      if (errno != EINTR) return Status::FromErrno(errno, path_ + ": fdatasync");
+    int r;
+    while ((r = io_->Fdatasync(fd_)) != 0) {
+      if (!Retry(r)) return Status::FromErrno(-r, path_ + ": fdatasync");
     }
     return Status::OK();
   }
@@ -271,10 +295,10 @@ class PosixFile final : public File {
     Advance(iov, first, 0);
     while (first < iov.size()) {
       int cnt = static_cast<int>(std::min(kMaxIov, iov.size() - first));
-      ssize_t r = ::preadv(fd_, &iov[first], cnt, static_cast<off_t>(offset));
+      ssize_t r = io_->Preadv(fd_, &iov[first], cnt, offset);
       if (r < 0) {
-        if (errno == EINTR) continue;
-        return Status::FromErrno(errno, At(path_, "read", offset));
+        if (Retry(r)) continue;
+        return Status::FromErrno(static_cast<int>(-r), At(path_, "read", offset));
       }
       // r == 0 is EOF. A direct read that stops off the alignment also hit
       // EOF, and the next attempt from an unaligned offset would be refused.
@@ -295,10 +319,10 @@ class PosixFile final : public File {
     Advance(iov, first, 0);
     while (first < iov.size()) {
       int cnt = static_cast<int>(std::min(kMaxIov, iov.size() - first));
-      ssize_t r = ::pwritev(fd_, &iov[first], cnt, static_cast<off_t>(offset));
+      ssize_t r = io_->Pwritev(fd_, &iov[first], cnt, offset);
       if (r < 0) {
-        if (errno == EINTR) continue;
-        return Status::FromErrno(errno, At(path_, "write", offset));
+        if (Retry(r)) continue;
+        return Status::FromErrno(static_cast<int>(-r), At(path_, "write", offset));
       }
       if (r == 0) return Status::FromErrno(EIO, At(path_, "write (no progress)", offset));
       Advance(iov, first, static_cast<size_t>(r));
@@ -385,6 +409,7 @@ class PosixFile final : public File {
   const std::string path_;
   const bool direct_;
   const size_t alignment_;  // 1 unless direct_
+  PositionalIo* const io_;
   std::array<std::mutex, kLockStripes> stripe_mu_;
 };
 
@@ -415,6 +440,8 @@ Result<size_t> DirectAlignment(int fd, const std::string& path) {
 
 class PosixEnv final : public Env {
  public:
+  explicit PosixEnv(PositionalIo* io) : io_(io) {}
+
   Result<std::unique_ptr<File>> Open(const std::string& path, unsigned flags) override {
     const bool direct = flags & kOpenDirect;
     int oflags = O_CLOEXEC | ((flags & kOpenReadOnly) ? O_RDONLY : O_RDWR);
@@ -444,7 +471,7 @@ class PosixEnv final : public Env {
       }
       alignment = *a;
     }
-    return std::unique_ptr<File>(new PosixFile(fd, path, direct, alignment));
+    return std::unique_ptr<File>(new PosixFile(fd, path, direct, alignment, io_));
   }
 
   bool Exists(const std::string& path) override { return ::access(path.c_str(), F_OK) == 0; }
@@ -453,12 +480,18 @@ class PosixEnv final : public Env {
     if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "remove '" + path + "'");
     return Status::OK();
   }
+
+ private:
+  PositionalIo* const io_;
 };
 
 }  // namespace
 
+std::unique_ptr<Env> NewPosixEnv(PositionalIo* io) { return std::make_unique<PosixEnv>(io); }
+
 Env* Env::Default() {
-  static PosixEnv* env = new PosixEnv();
+  static SyscallIo* io = new SyscallIo();
+  static Env* env = NewPosixEnv(io).release();
   return env;
 }
 

@@ -224,7 +224,8 @@ int qcow2j_open(const char* path, unsigned flags, qcow2j_image** out) {
     if (!path) return Fail(EINVAL, "qcow2j_open: path is NULL");
     constexpr unsigned kKnown = QCOW2J_OPEN_RDWR | QCOW2J_OPEN_DIRECT | QCOW2J_OPEN_WRITETHROUGH |
                                 QCOW2J_OPEN_NO_BACKING | QCOW2J_OPEN_FORCE_SHARE |
-                                QCOW2J_OPEN_FORMAT_RAW | QCOW2J_OPEN_FORMAT_QCOW2;
+                                QCOW2J_OPEN_FORMAT_RAW | QCOW2J_OPEN_FORMAT_QCOW2 |
+                                QCOW2J_OPEN_IO_URING;
     if (flags & ~kKnown) return Fail(EINVAL, "qcow2j_open: unknown flags " + std::to_string(flags & ~kKnown));
     if ((flags & QCOW2J_OPEN_FORMAT_RAW) && (flags & QCOW2J_OPEN_FORMAT_QCOW2)) {
       return Fail(EINVAL, "qcow2j_open: both FORMAT_RAW and FORMAT_QCOW2");
@@ -237,6 +238,11 @@ int qcow2j_open(const char* path, unsigned flags, qcow2j_image** out) {
     opts.force_share = flags & QCOW2J_OPEN_FORCE_SHARE;
     if (flags & QCOW2J_OPEN_FORMAT_RAW) opts.format = "raw";
     if (flags & QCOW2J_OPEN_FORMAT_QCOW2) opts.format = "qcow2";
+    if (flags & QCOW2J_OPEN_IO_URING) {
+      auto env = qcow2j::Env::IoUring();
+      if (!env.ok()) return Report(env.status());
+      opts.env = *env;
+    }
     auto image = qcow2j::Image::Open(path, opts);
     if (!image.ok()) return Report(image.status());
     *out = new qcow2j_image{std::move(image).value()};

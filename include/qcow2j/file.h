@@ -83,6 +83,11 @@ class Env {
   virtual Status Remove(const std::string& path) = 0;
   // The process-wide POSIX environment (pread/pwrite/fdatasync). Never deleted.
   static Env* Default();
+  // The same POSIX files with their reads, writes and syncs submitted through
+  // io_uring (one ring per calling thread). Process-wide, never deleted. An
+  // error ("Unable to use io_uring: ...") where the kernel lacks io_uring or
+  // a seccomp filter or sysctl forbids it.
+  static Result<Env*> IoUring();
 };
 
 // An Env whose files live in memory; for tests. Files survive Open/close cycles

@@ -37,7 +37,11 @@ enum {
   QCOW2J_OPEN_NO_BACKING = 1u << 3,    /* do not open the backing chain */
   QCOW2J_OPEN_FORCE_SHARE = 1u << 4,   /* ignore a lock held by another process */
   QCOW2J_OPEN_FORMAT_RAW = 1u << 5,    /* open as raw instead of probing */
-  QCOW2J_OPEN_FORMAT_QCOW2 = 1u << 6   /* open as qcow2 instead of probing */
+  QCOW2J_OPEN_FORMAT_QCOW2 = 1u << 6,  /* open as qcow2 instead of probing */
+  /* Reads, writes and syncs through io_uring (qemu's aio=io_uring) instead of
+   * the system calls; fails ("Unable to use io_uring: ...", -ENOSYS or
+   * -EPERM) where the kernel or a seccomp filter does not allow it. */
+  QCOW2J_OPEN_IO_URING = 1u << 7
 };
 
 /* Error codes are negated errno values:

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -397,6 +398,29 @@ TEST(Nbd, ReadOnly) {
   ASSERT_TRUE(server.Stop());
   ExpectQemuIo("qcow2", image, {"read -P 0x5a 0 64k"});
   ExpectQemuImgCheckClean(image);
+}
+
+// aio=io_uring with direct=on: the image's reads and writes go through the
+// io_uring Env; what qemu-io writes over NBD reads back over NBD and from the
+// file. A mode the plugin does not know stops nbdkit at start.
+TEST(Nbd, IoUringDirect) {
+  auto uring = Env::IoUring();
+  if (!uring.ok() && (uring.status().sys_errno() == ENOSYS || uring.status().sys_errno() == EPERM))
+    GTEST_SKIP() << uring.status().ToString();
+  TempDir dir;
+  std::string image = CreateImage(dir, 32 * kMiB);
+  NbdkitServer server(dir, image);
+  EXPECT_FALSE(server.Start({"aio=native"}));
+  EXPECT_NE(server.Log().find("aio=native: expected threads or io_uring"), std::string::npos)
+      << server.Log();
+  ASSERT_TRUE(server.Start({"aio=io_uring", "direct=on"}));
+  ExpectQemuIo("raw", server.uri(), {"write -P 0x5c 0 1M", "write -P 0x6d 5000 3000", "flush"});
+  const std::vector<std::string> reads = {"read -P 0x5c 0 5000", "read -P 0x6d 5000 3000",
+                                          "read -P 0x5c 8000 1040576", "read -P 0 1M 31M"};
+  ExpectQemuIo("raw", server.uri(), reads);
+  ASSERT_TRUE(server.Stop());
+  ExpectQemuImgCheckClean(image);
+  ExpectQemuIo("qcow2", image, reads);
 }
 
 // A missing image makes nbdkit fail at start with the plugin's message.

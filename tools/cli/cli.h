@@ -21,6 +21,16 @@ void PrintErrorF(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // writethrough, directsync -> durable writes; writeback, unsafe -> neither).
 Status ApplyCacheMode(const std::string& mode, OpenOptions* opts);
 
+// qemu's -i / --aio modes: threads and native keep the default POSIX Env
+// (native AIO is not implemented: it runs on the request threads), io_uring
+// selects Env::IoUring(). InvalidArgument "Invalid aio option: X" for another
+// mode; the Env's own error ("Unable to use io_uring: ...") where io_uring
+// cannot be used here.
+Status ApplyAioMode(const std::string& mode, OpenOptions* opts);
+// An -i argument: stores it in *mode, or prints "Invalid aio option: X" and
+// returns false.
+bool ParseAioMode(const char* arg, std::string* mode);
+
 // Opens an image as qemu-img does, with the message "Could not open 'F': ..."
 // on failure.
 Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOptions& opts);

@@ -40,6 +40,31 @@ Status ApplyCacheMode(const std::string& mode, OpenOptions* opts) {
   return Status::OK();
 }
 
+namespace {
+bool KnownAioMode(const std::string& mode) {
+  return mode == "threads" || mode == "native" || mode == "io_uring";
+}
+}  // namespace
+
+bool ParseAioMode(const char* arg, std::string* mode) {
+  if (!KnownAioMode(arg)) {
+    PrintErrorF("Invalid aio option: %s", arg);
+    return false;
+  }
+  *mode = arg;
+  return true;
+}
+
+Status ApplyAioMode(const std::string& mode, OpenOptions* opts) {
+  if (!KnownAioMode(mode)) return Status::InvalidArgument("Invalid aio option: " + mode);
+  if (mode != "io_uring") {
+    opts->env = nullptr;
+    return Status::OK();
+  }
+  QCOW2J_ASSIGN_OR_RETURN(opts->env, Env::IoUring());
+  return Status::OK();
+}
+
 Result<std::unique_ptr<Image>> OpenImage(const std::string& path, const OpenOptions& opts) {
   auto r = Image::Open(path, opts);
   if (!r.ok()) return r.status().Annotate("Could not open '" + path + "'");

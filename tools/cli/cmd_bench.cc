@@ -37,7 +37,7 @@ bool ParseCount(const char* arg, uint64_t max, uint64_t* out) {
 }  // namespace
 
 int CmdBench(int argc, char** argv) {
-  std::string fmt, cache = "writeback";
+  std::string fmt, cache = "writeback", aio = "threads";
   uint64_t count = 75000, depth = 64, offset = 0, size = 4096, step = 0, flush_interval = 0;
   bool write = false, quiet = false, drain = true, step_given = false, force_share = false;
   int pattern = 0;
@@ -67,11 +67,7 @@ int CmdBench(int argc, char** argv) {
       case 'f': fmt = optarg; break;
       case 'n': break;  // native AIO: our backends choose for themselves
       case 'i':
-        if (std::strcmp(optarg, "threads") && std::strcmp(optarg, "native") &&
-            std::strcmp(optarg, "io_uring")) {
-          PrintErrorF("Invalid aio option: %s", optarg);
-          return 1;
-        }
+        if (!ParseAioMode(optarg, &aio)) return 1;
         break;
       case 'o': {
         auto v = ParseSize(optarg);
@@ -155,6 +151,10 @@ int CmdBench(int argc, char** argv) {
   opts.force_share = force_share;
   if (Status st = ApplyCacheMode(cache, &opts); !st.ok()) {
     PrintErrorF("Invalid cache mode");
+    return 1;
+  }
+  if (Status st = ApplyAioMode(aio, &opts); !st.ok()) {
+    PrintError("Could not open '" + std::string(argv[optind]) + "': " + st.message());
     return 1;
   }
   auto img = OpenImage(argv[optind], opts);

@@ -651,9 +651,11 @@ int CmdIo(int argc, char** argv) {
                                  {"nocache", no_argument, nullptr, 'n'},
                                  {"cache", required_argument, nullptr, 't'},
                                  {"force-share", no_argument, nullptr, 'U'},
+                                 {"aio", required_argument, nullptr, 'i'},
                                  {nullptr, 0, nullptr, 0}};
   ResetGetopt();
   int c;
+  std::string aio = "threads";
   while ((c = getopt_long(argc, argv, ":hc:d:f:i:kmnrst:T:UC", kLong, nullptr)) != -1) {
     switch (c) {
       case 'f': fmt = optarg; break;
@@ -667,7 +669,10 @@ int CmdIo(int argc, char** argv) {
         }
         break;
       case 'U': opts.force_share = true; break;
-      case 'd': case 'i': case 'k': case 'm': case 's': case 'T': case 'C': break;
+      case 'i':
+        if (!ParseAioMode(optarg, &aio)) return 1;
+        break;
+      case 'd': case 'k': case 'm': case 's': case 'T': case 'C': break;
       case 'h':
         std::printf("Usage: qcow2j io [OPTIONS]... [-c STRING]... [file]\n");
         return 0;
@@ -680,6 +685,11 @@ int CmdIo(int argc, char** argv) {
     return 1;
   }
   opts.format = fmt;
+  // Applies to every image the session opens (also with the open command).
+  if (Status st = ApplyAioMode(aio, &opts); !st.ok()) {
+    PrintError(st.message());
+    return 1;
+  }
   IoSession session(fmt, opts);
   if (optind < argc) {
     Status st = session.Open(argv[optind], opts);

@@ -1,7 +1,7 @@
 // nbdkit plugin: serves a qcow2 (or raw) image through qcow2j.
 //
 //   nbdkit [-r] ./nbdkit-qcow2j-plugin.so file=IMG [readonly=on] [direct=on]
-//          [writethrough=on] [format=qcow2|raw]
+//          [writethrough=on] [format=qcow2|raw] [aio=threads|io_uring]
 //
 // One qcow2j::Image per nbdkit process, opened once in .after_fork (after
 // nbdkit has daemonised, so the engine's threads live in the serving process)
@@ -41,6 +41,7 @@ struct PluginConfig {
   bool readonly = false;
   bool direct = false;
   bool writethrough = false;
+  bool io_uring = false;
 };
 
 PluginConfig g_config;
@@ -98,6 +99,15 @@ int Config(const char* key, const char* value) {
   if (k == "readonly") return ParseBool(key, value, &g_config.readonly);
   if (k == "direct") return ParseBool(key, value, &g_config.direct);
   if (k == "writethrough") return ParseBool(key, value, &g_config.writethrough);
+  if (k == "aio") {
+    std::string v(value);
+    if (v != "threads" && v != "io_uring") {
+      nbdkit_error("aio=%s: expected threads or io_uring", value);
+      return -1;
+    }
+    g_config.io_uring = v == "io_uring";
+    return 0;
+  }
   nbdkit_error("unknown parameter '%s'", key);
   return -1;
 }
@@ -116,6 +126,11 @@ int AfterFork() {
   opts.format = g_config.format;
   opts.direct = g_config.direct;
   opts.writethrough = g_config.writethrough;
+  if (g_config.io_uring) {
+    auto env = Env::IoUring();
+    if (!env.ok()) return Report(env.status());
+    opts.env = *env;
+  }
   auto image = Image::Open(g_config.file, opts);
   if (!image.ok()) return Report(image.status().Annotate(g_config.file));
   g_image = std::move(image).value();
@@ -219,7 +234,8 @@ struct nbdkit_plugin MakePlugin() {
       "format=qcow2|raw      skip format probing\n"
       "readonly=on|off       open the image read-only\n"
       "direct=on|off         O_DIRECT on the image file (like cache=none)\n"
-      "writethrough=on|off   every write durable before it completes";
+      "writethrough=on|off   every write durable before it completes\n"
+      "aio=threads|io_uring  reads, writes and syncs through io_uring";
   p.magic_config_key = "file";
   p.after_fork = AfterFork;
   p.cleanup = Cleanup;
