@@ -798,8 +798,7 @@ class WorkloadImpl final : public CrashWorkload {
   // comment); the virtual sizes the disk may have then; whether leaks are
   // allowed with the journal on, and OFLAG_COPIED mismatches (see
   // Corruptions): both only for a crash inside an offline snapshot
-  // operation, leaks also inside a resize (docs/crash-safety.md, "Known
-  // gaps": the L1 table move is written in place, not journalled).
+  // operation (a resize is one journal transaction: no leak allowed).
   ByteModel Allowed(uint64_t point, std::vector<uint64_t>* sizes = nullptr,
                     bool* leak_ok = nullptr, bool* copied_ok = nullptr) const {
     if (leak_ok) *leak_ok = false;
@@ -807,7 +806,7 @@ class WorkloadImpl final : public CrashWorkload {
     for (const Req& r : reqs_) {
       if (!(r.start < point && point <= r.end)) continue;
       if (IsSnapOp(r.kind) && copied_ok) *copied_ok = true;
-      if ((IsSnapOp(r.kind) || r.kind == ReqKind::kResize) && leak_ok) *leak_ok = true;
+      if (IsSnapOp(r.kind) && leak_ok) *leak_ok = true;
     }
     int floor = -1;
     for (size_t i = 0; i < reqs_.size(); ++i) {

@@ -286,6 +286,20 @@ class Qcow2Image final : public Image {
   uint64_t jsum_bytes_ = 0;
   std::map<uint64_t, SumRange> junconfirmed_;  // checksummed by the last commit, not yet confirmed
   std::atomic<uint64_t> jcommits_{0}, jcheckpoints_{0};  // read by Info() without the lock
+  // Header bytes 24..47 (size, crypt_method, l1_size, l1_table_offset):
+  // a resize changed them since the last commit (the next transaction
+  // carries them), and they are not yet in place (the next checkpoint
+  // writes them).
+  bool jheader_changed_ = false;
+  bool header_fields_stale_ = false;
+  static constexpr uint32_t kResizeFieldsOffset = 24, kResizeFieldsBytes = 24;
+  void EncodeResizeFields(uint8_t* out) const;
+  // Replay of such a header update: the new size, and the L1 table it names.
+  Status ApplyResizeFields(const uint8_t* fields);
+  // L1 tables named by replayed L1 updates that are not the image's L1 table:
+  // legal only when a resize replayed later switched away from them (the
+  // checkpoint wrote the new header in place before the tail moved).
+  std::set<uint64_t> jreplay_stale_l1_;
   // Background checkpoints: past the soft threshold (half the ring, or more
   // dirty tables than the caches hold) a commit asks this thread to write the
   // tables in place, so the guest flush that crossed it does not wait for

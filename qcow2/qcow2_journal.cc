@@ -158,7 +158,13 @@ Status Qcow2Image::CheckpointLocked() {
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
+  if (header_fields_stale_) {  // a resize: its L1 table was made durable before it was named
+    uint8_t fields[kResizeFieldsBytes];
+    EncodeResizeFields(fields);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
+  }
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  header_fields_stale_ = false;
   if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
   // Everything is in place: nothing left to journal.
   refcounts_->ForgetChanges();
@@ -166,6 +172,7 @@ Status Qcow2Image::CheckpointLocked() {
   jl1_.clear();
   jnew_tables_.clear();
   jnew_hosts_.clear();
+  jheader_changed_ = false;
   jsums_.clear();
   jsum_bytes_ = 0;
   jsums_ok_ = true;
@@ -175,7 +182,7 @@ Status Qcow2Image::CheckpointLocked() {
 
 Status Qcow2Image::JournalFlushLocked() {
   const bool meta = !jl2_.empty() || !jl1_.empty() || refcounts_->has_changes() ||
-                    !decrements_.empty() || !jnew_tables_.empty();
+                    !decrements_.empty() || !jnew_tables_.empty() || jheader_changed_;
   if (!meta) {
     if (data_file_ != file_.get()) return data_file_->Sync();
     return file_->Sync();
@@ -218,6 +225,13 @@ Status Qcow2Image::JournalFlushLocked() {
   // entries, then refcounts (table moves and new blocks before the counts).
   std::vector<JournalRecord> recs;
   recs.reserve(jnew_tables_.size() + jl1_.size() + jsums_.size() + 8);
+  if (jheader_changed_) {  // first: the L1 entries below name the table it switches to
+    HeaderUpdate h;
+    h.offset = kResizeFieldsOffset;
+    h.bytes.resize(kResizeFieldsBytes);
+    EncodeResizeFields(h.bytes.data());
+    recs.push_back(std::move(h));
+  }
   for (const JournalRecord& r : jnew_tables_) recs.push_back(r);
   for (uint64_t idx : jl1_)
     recs.push_back(L1Update{header_.l1_table_offset, static_cast<uint32_t>(idx), l1_[idx]});
@@ -275,6 +289,7 @@ Status Qcow2Image::JournalFlushLocked() {
   jl1_.clear();
   jnew_tables_.clear();
   jnew_hosts_.clear();
+  jheader_changed_ = false;
   if (with_sums) {
     junconfirmed_.swap(jsums_);
   } else {
@@ -403,7 +418,13 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
     return Status::OK();
   }
   if (const auto* u = std::get_if<L1Update>(&rec)) {
-    if (u->table_offset != header_.l1_table_offset || u->index >= l1_.size())
+    if (u->table_offset != header_.l1_table_offset) {
+      // An update of a table a later resize record replaces (its copy holds
+      // this value already); checked when the replay ends.
+      jreplay_stale_l1_.insert(u->table_offset);
+      return Status::OK();
+    }
+    if (u->index >= l1_.size())
       return Status::Corruption("journal: L1 update of entry " + std::to_string(u->index) +
                                 " in table " + Hex(u->table_offset) + " does not match the L1 table at " +
                                 Hex(header_.l1_table_offset) + " (" + std::to_string(l1_.size()) +
@@ -419,6 +440,9 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
       return refcounts_ ? refcounts_->ReplayNewBlock(n->host_offset) : Status::OK();
     return l2_cache_->ZeroTables(n->host_offset, cluster_size_);
   }
+  if (const auto* u = std::get_if<HeaderUpdate>(&rec);
+      u && u->offset == kResizeFieldsOffset && u->bytes.size() == kResizeFieldsBytes)
+    return ApplyResizeFields(u->bytes.data());
   // Refcounts matter only to a writer (and not at all in dirty-refcount
   // mode, where they are rebuilt).
   if (!refcounts_ || jdirty_refcounts_) return Status::OK();
@@ -434,6 +458,48 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
     return refcounts_->ReplayTableMove(LoadBE64(u->bytes.data()), LoadBE32(u->bytes.data() + 8));
   }
   return Status::OK();  // DataChecksum: used when reading, nothing to apply
+}
+
+void Qcow2Image::EncodeResizeFields(uint8_t* out) const {
+  StoreBE64(out, header_.size);
+  StoreBE32(out + 8, header_.crypt_method);
+  StoreBE32(out + 12, header_.l1_size);
+  StoreBE64(out + 16, header_.l1_table_offset);
+}
+
+Status Qcow2Image::ApplyResizeFields(const uint8_t* fields) {
+  const uint64_t size = LoadBE64(fields);
+  const uint32_t crypt = LoadBE32(fields + 8);
+  const uint64_t l1_size = LoadBE32(fields + 12);
+  const uint64_t l1_offset = LoadBE64(fields + 16);
+  auto bad = [&](const std::string& why) {
+    return Status::Corruption("journal: header update to size " + std::to_string(size) + ", l1_size " +
+                              std::to_string(l1_size) + ", l1_table_offset " + Hex(l1_offset) + ": " + why);
+  };
+  if (crypt != header_.crypt_method) return bad("crypt_method " + std::to_string(crypt) + " differs from the image's");
+  if (size > kMaxVirtualSize) return bad("the size is too large");
+  const uint64_t per_l1 = cluster_size_ << l2_bits_;
+  if ((size + per_l1 - 1) / per_l1 > l1_size) return bad("the L1 table is too small for the size");
+  if (l1_size * 8 > kMaxL1Bytes) return bad("the L1 table exceeds 32 MiB");
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t file_size, file_->Size());
+  if (l1_offset == 0 || l1_offset % cluster_size_ || l1_offset > file_size || l1_size * 8 > file_size - l1_offset)
+    return bad("the L1 table lies outside the image file");
+  // Every table replaced by this one is no longer the image's.
+  std::erase_if(jreplay_stale_l1_, [&](uint64_t t) { return t != l1_offset; });
+  if (l1_offset != header_.l1_table_offset || l1_size != l1_.size()) {
+    // The resize wrote and synced the new table before committing this.
+    std::vector<uint8_t> raw(l1_size * 8);
+    QCOW2J_RETURN_IF_ERROR(file_->Read(l1_offset, raw.data(), raw.size()));
+    l1_.assign(l1_size, 0);
+    for (uint64_t i = 0; i < l1_size; i++) l1_[i] = LoadBE64(raw.data() + i * 8);
+    l1_dirty_.clear();
+  }
+  header_.size = size;
+  header_.l1_size = static_cast<uint32_t>(l1_size);
+  header_.l1_table_offset = l1_offset;
+  virtual_size_ = size;
+  header_fields_stale_ = true;  // a read-write replay writes them in place
+  return Status::OK();
 }
 
 Status Qcow2Image::ReplayJournal() {
@@ -465,6 +531,11 @@ Status Qcow2Image::ReplayJournal() {
     if (!plan.ok())
       return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
                                     "rebuilds the metadata without it");
+    if (!jreplay_stale_l1_.empty())
+      return Status::Corruption("image '" + path_ + "': journal: L1 updates of table " +
+                                Hex(*jreplay_stale_l1_.begin()) + ", which is not the L1 table at " +
+                                Hex(header_.l1_table_offset) + " and which no resize replaced; `qcow2j "
+                                "check -r all` rebuilds the metadata without the journal");
     report = DescribeReplay(*plan);
     if (!(header_.autoclear_features & kAutoclearJournalValid))
       report += " (the journal-valid bit was clear; replayed because the journal bit was set)";

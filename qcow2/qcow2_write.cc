@@ -875,12 +875,15 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
   }
   std::unique_lock<std::mutex> lk(meta_mu_);
   QCOW2J_RETURN_IF_ERROR(FlushLocked(lk));
-  // What follows writes in place in the journal-less order: the journal
-  // must hold nothing that replay could apply over it.
-  if (jwriter_) QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+  // With the journal, the new header fields, the new L1 table's refcounts
+  // and the old one's release are one transaction (replay switches to the
+  // new table); without it, ordered in-place writes.
+  const bool journaled = journal_on_;
+  // The session start rewrites the whole header from header_: it must not
+  // see the new fields before the transaction that carries them.
+  if (journaled && !jwriter_) QCOW2J_RETURN_IF_ERROR(StartJournalSessionLocked());
   const uint64_t per_l1 = cluster_size_ << l2_bits_;
   const uint64_t need = (new_size + per_l1 - 1) / per_l1;
-  uint8_t field[8];
   if (need > l1_.size()) {
     if (need * 8 > kMaxL1Bytes)
       return Status::InvalidArgument("size " + std::to_string(new_size) + " needs an L1 table larger than 32 MiB");
@@ -890,33 +893,35 @@ Status Qcow2Image::Resize(uint64_t new_size, bool shrink) {
     std::vector<uint8_t> table(clusters << cluster_bits_, 0);
     for (size_t i = 0; i < l1_.size(); i++) StoreBE64(table.data() + i * 8, l1_[i]);
     QCOW2J_RETURN_IF_ERROR(file_->Write(off, table.data(), table.size()));
-    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
-    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    if (!journaled) QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    QCOW2J_RETURN_IF_ERROR(file_->Sync());  // the new table is durable before anything names it
     uint64_t old_off = header_.l1_table_offset;
     uint64_t old_clusters = (l1_.size() * 8 + cluster_size_ - 1) >> cluster_bits_;
-    // size, crypt_method, l1_size and l1_table_offset (bytes 24..47) in one
-    // write within the first sector: two writes could reach the disk one
-    // without the other, and a header whose size needs more L1 entries than
-    // l1_size is refused on open (the crash kit found this).
-    uint8_t fields[24];
-    StoreBE64(fields, new_size);
-    StoreBE32(fields + 8, header_.crypt_method);
-    StoreBE32(fields + 12, static_cast<uint32_t>(need));
-    StoreBE64(fields + 16, off);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, fields, sizeof fields));
     header_.l1_size = static_cast<uint32_t>(need);
     header_.l1_table_offset = off;
+    header_.size = new_size;
     l1_.resize(need, 0);
-    QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    if (!journaled) {
+      // size, crypt_method, l1_size and l1_table_offset (bytes 24..47) in one
+      // write within the first sector: two writes could reach the disk one
+      // without the other, and a header whose size needs more L1 entries than
+      // l1_size is refused on open (the crash kit found this).
+      uint8_t fields[kResizeFieldsBytes];
+      EncodeResizeFields(fields);
+      QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
+      QCOW2J_RETURN_IF_ERROR(file_->Sync());
+    }
     metadata_map_->Remove(old_off, MetadataKind::kL1);  // overlap-guard
     for (uint64_t i = 0; i < old_clusters && old_off; i++)
       decrements_.push_back({old_off + (i << cluster_bits_), false});
-  } else {
+  } else if (!journaled) {
+    uint8_t field[8];
     StoreBE64(field, new_size);
     QCOW2J_RETURN_IF_ERROR(WriteHeaderField(24, field, 8));
   }
   header_.size = new_size;
   virtual_size_ = new_size;
+  if (journaled) jheader_changed_ = header_fields_stale_ = true;
   return FlushLocked(lk);
 }
 

@@ -257,6 +257,52 @@ TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) 
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
 }
 
+// A resize that outgrows the L1 table is one transaction: the header on
+// disk keeps the old size and table until a checkpoint, and replay switches
+// to the new table (read-only in memory, read-write in place).
+TEST(JournalEngineTest, ResizeThatMovesTheL1TableIsAJournalTransaction) {
+  test::TempDir dir;
+  std::string img = dir.Path("r.qcow2");
+  Create(img, 64ull << 20);  // one L1 entry: growing to 2 GiB moves the table
+  const uint64_t old_l1 = test::PeekBe64(img, 40);
+  auto image = OpenRw(img);
+  ASSERT_TRUE(image);
+  WritePattern(image.get(), 0, 65536, 0x41);
+  ASSERT_TRUE(image->Flush().ok());
+  ASSERT_TRUE(image->Resize(2ull << 30, false).ok());
+  WritePattern(image.get(), 1536ull << 20, 65536, 0x42);  // in the part the new L1 table covers
+  ASSERT_TRUE(image->Flush().ok());
+  std::string crashed = CrashCopy(img, "crashed.qcow2");
+  ASSERT_TRUE(image->Close().ok());
+
+  EXPECT_EQ(test::PeekBe64(crashed, 24), 64ull << 20) << "the size lives in the journal until a checkpoint";
+  EXPECT_EQ(test::PeekBe64(crashed, 40), old_l1) << "so does the L1 table's move";
+  const std::vector<std::tuple<uint64_t, uint64_t, int>> expect = {
+      {0, 65536, 0x41}, {1536ull << 20, 65536, 0x42}, {1ull << 30, 65536, 0}};
+  {
+    auto ro = OpenRo(crashed);
+    ASSERT_TRUE(ro);
+    EXPECT_EQ(ro->size(), 2ull << 30);
+    for (auto [off, len, p] : expect) {
+      std::vector<uint8_t> b(len);
+      ASSERT_TRUE(ro->Read(off, b.data(), len).ok());
+      EXPECT_EQ(b, std::vector<uint8_t>(len, static_cast<uint8_t>(p))) << "offset " << off;
+    }
+  }
+  {
+    auto rw = OpenRw(crashed);
+    ASSERT_TRUE(rw);
+    EXPECT_EQ(rw->size(), 2ull << 30);
+    ASSERT_TRUE(rw->Close().ok());
+  }
+  EXPECT_EQ(test::PeekBe64(crashed, 24), 2ull << 30);
+  EXPECT_NE(test::PeekBe64(crashed, 40), old_l1);
+  ExpectQemuClean(crashed);
+  ExpectQemuReads(crashed, expect);
+  ExpectQemuClean(img);
+  ExpectQemuReads(img, expect);
+}
+
 TEST(JournalEngineTest, UnconfirmedTransactionWhoseDataDidNotLandIsDropped) {
   test::TempDir dir;
   std::string img = dir.Path("a.qcow2");
