@@ -22,14 +22,7 @@ if [ ! -f "$snap" ]; then
   qemu-img snapshot -c s1 "$snap"
 fi
 
-seconds() {
-  local t0 t1
-  t0=$(date +%s%N)
-  "$@" >/dev/null
-  t1=$(date +%s%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", (b - a) / 1e9}'
-}
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. scripts/bench-lib.sh
 
 for op in c d; do
   from=$base; [ $op = d ] && from=$snap
@@ -44,7 +37,7 @@ for op in c d; do
   done
   q=$(median <"$dir/qemu.t"); o=$(median <"$dir/ours.t")
   printf 'snapshot -%s s1 (1 TiB, all mapped)  qemu-img %6.2f s  qcow2j %6.3f s  ratio %.3f\n' \
-    "$op" "$q" "$o" "$(awk -v o="$o" -v q="$q" 'BEGIN {print o / q}')"
+    "$op" "$q" "$o" "$(ratio "$q" "$o")"
 done
 
 cow=$dir/cow-s1.qcow2
@@ -65,5 +58,5 @@ for ((i = 0; i < runs; i++)); do
 done
 q=$(median <"$dir/qemu.t"); o=$(median <"$dir/ours.t")
 printf 'bench -w 4k/64k -d 32 -t none after s1  qemu-img %6.2f s  qcow2j %6.3f s  ratio %.3f\n' \
-  "$q" "$o" "$(awk -v o="$o" -v q="$q" 'BEGIN {print o / q}')"
+  "$q" "$o" "$(ratio "$q" "$o")"
 rm -f "$dir/q.qcow2" "$dir/o.qcow2"

@@ -7,9 +7,8 @@
 
 #include <string>
 
-#include "io/crash_env.h"
-#include "io/memory_env.h"
 #include "qcow2/image_ops.h"
+#include "util/offline_crash.h"
 #include "util/test_util.h"
 
 namespace qcow2j {
@@ -17,12 +16,6 @@ namespace test {
 namespace {
 
 void Must(const RunResult& r) { ASSERT_EQ(r.exit_code, 0) << r.Describe(); }
-
-std::string Read(const TempDir& dir, const std::string& img, const std::string& l) {
-  std::string out = dir.Path("read.raw");
-  Must(test::Run("qemu-img convert -U " + l + " -O raw " + Quote(img) + " " + Quote(out)));
-  return ReadFile(out);
-}
 
 TEST(AmendCrash, RefcountWidthChangeIsAllOrNothing) {
   ASSERT_TRUE(HaveProgram("qemu-img") && HaveProgram("qemu-io"));
@@ -32,49 +25,29 @@ TEST(AmendCrash, RefcountWidthChangeIsAllOrNothing) {
   Must(test::Run("qemu-io -c 'write -P 0x11 0 256k' -c 'write -c -P 0x12 1M 64k' " + Quote(img)));
   Must(test::Run("qemu-img snapshot -c s1 " + Quote(img)));
   Must(test::Run("qemu-io -c 'write -P 0x13 32k 8k' " + Quote(img)));
-  const std::string active = Read(dir, img, "");
-  const std::string s1 = Read(dir, img, "-l snapshot.name=s1");
+  const std::string active = QemuRead(dir, img, "");
+  const std::string s1 = QemuRead(dir, img, "s1");
 
-  std::unique_ptr<MemoryEnv> base = NewMemoryEnvForTest();
-  const std::string path = "/img.qcow2";
-  {
-    auto f = base->Open(path, kOpenCreate);
-    ASSERT_TRUE(f.ok()) << f.status().ToString();
-    std::string bytes = ReadFile(img);
-    ASSERT_TRUE((*f)->Write(0, bytes.data(), bytes.size()).ok());
-  }
-  CrashEnv crash(base.get());
+  OfflineCrashRun run(img);
   AmendRequest req;
   req.refcount_bits = 8;
-  Status s = AmendImage(path, req, nullptr, &crash);
+  Status s = run.Run([&](const std::string& path, Env* env) {
+    return AmendImage(path, req, nullptr, env);
+  });
   ASSERT_TRUE(s.ok()) << s.ToString();
-  const uint64_t ops = crash.op_count();
 
-  CrashStateBuilder builder(&crash);
-  std::string state = dir.Path("state.qcow2");
+  const std::string state = dir.Path("state.qcow2");
   bool saw_new = false;
-  for (uint64_t point = 0; point <= ops; point++) {
-    for (CrashModel model : {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn}) {
-      CrashStateOptions o;
-      o.model = model;
-      o.seed = point * 3 + static_cast<uint64_t>(model);
-      std::unique_ptr<MemoryEnv> out = NewMemoryEnvForTest();
-      ASSERT_TRUE(builder.Build(point, o, out.get()).ok());
-      auto bytes = out->Contents(path);
-      ASSERT_TRUE(bytes.ok());
-      WriteFile(state, std::string(bytes->begin(), bytes->end()));
-      SCOPED_TRACE("crash point " + std::to_string(point) + "/" + std::to_string(ops) + " " +
-                   CrashModelName(model));
-      RunResult check = test::Run("qemu-img check " + Quote(state));
-      ASSERT_EQ(check.exit_code, 0) << check.Describe();
-      RunResult info = test::Run("qemu-img info " + Quote(state));
-      const bool is_new = info.out.find("refcount bits: 8") != std::string::npos;
-      ASSERT_TRUE(is_new || info.out.find("refcount bits: 16") != std::string::npos) << info.out;
-      saw_new |= is_new;
-      ASSERT_TRUE(Read(dir, state, "") == active) << "active image changed";
-      ASSERT_TRUE(Read(dir, state, "-l snapshot.name=s1") == s1) << "s1 changed";
-    }
-  }
+  run.ForEachState(state, [&](uint64_t, CrashModel) {
+    RunResult check = test::Run("qemu-img check " + Quote(state));
+    ASSERT_EQ(check.exit_code, 0) << check.Describe();
+    RunResult info = test::Run("qemu-img info " + Quote(state));
+    const bool is_new = info.out.find("refcount bits: 8") != std::string::npos;
+    ASSERT_TRUE(is_new || info.out.find("refcount bits: 16") != std::string::npos) << info.out;
+    saw_new |= is_new;
+    ASSERT_TRUE(QemuRead(dir, state, "") == active) << "active image changed";
+    ASSERT_TRUE(QemuRead(dir, state, "s1") == s1) << "s1 changed";
+  });
   EXPECT_TRUE(saw_new);
 }
 
