@@ -1,9 +1,10 @@
 // qemu-img amend for qcow2 on a closed file: compat (both ways), lazy
-// refcounts and the backing file name, in one header rewrite. Everything is
-// checked before the first write; a downgrade's zero-cluster expansion is
-// the only step that touches more than the header, and it is written before
-// the header says v2, so a crash in between leaves a v3 image that reads
-// the same.
+// refcounts, the refcount width and the backing file name, in one header
+// rewrite. Everything is checked before the first write. Two steps touch
+// more than the header, and both write only clusters no header field
+// references yet, before the header switches to them, so a crash in between
+// leaves the old image that reads the same: a downgrade's zero-cluster
+// expansion, and a refcount-width change's new refcount table and blocks.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -13,6 +14,7 @@
 #include "metadata/header.h"
 #include "metadata/hex.h"
 #include "metadata/l2_entry.h"
+#include "metadata/refcount_block.h"
 #include "journal/journal_format.h"
 #include "qcow2/image_ops.h"
 #include "qcow2/offline_image.h"
@@ -121,6 +123,119 @@ Status ExpandZeroClusters(OfflineImage& im, const std::vector<std::pair<uint64_t
   return im.file->Sync();
 }
 
+// New refcount structures of another width, written at the end of the file
+// but not referenced yet.
+struct NewRefcounts {
+  uint32_t order = 4;
+  uint64_t table_offset = 0;
+  uint32_t table_clusters = 0;
+};
+
+// Writes the refcounts of every cluster, in width 2^order, as a new refcount
+// table and blocks appended after the end of the file, and syncs. They count
+// every cluster the old refcounts count, themselves, but not the old table
+// and blocks: once the header points at the new ones (one write), nothing
+// references the old ones, so they are free at once. Until then the new
+// clusters are referenced by nothing, beyond the old refcounts' concern.
+// Fails before writing anything when a refcount does not fit the new width,
+// with QEMU's message.
+Result<NewRefcounts> WriteRefcountsInWidth(OfflineImage& im, uint32_t order) {
+  const uint32_t new_bits = 1u << order;
+  const uint64_t cs = im.cs;
+  // The old refcounts, and the old table and blocks themselves.
+  const uint64_t old_epb = RefcountBlockEntries(im.cb, im.h.refcount_order);
+  std::vector<uint64_t> old_structures;
+  for (uint64_t c = 0; c < im.h.refcount_table_clusters; c++)
+    old_structures.push_back((im.h.refcount_table_offset >> im.cb) + c);
+  std::vector<uint64_t> refs;  // cluster index -> refcount, up to the last non-zero one
+  {
+    std::vector<uint8_t> raw(uint64_t{im.h.refcount_table_clusters} << im.cb);
+    QCOW2J_RETURN_IF_ERROR(im.file->Read(im.h.refcount_table_offset, raw.data(), raw.size()));
+    std::vector<uint8_t> block(cs);
+    for (uint64_t bi = 0; bi < raw.size() / 8; bi++) {
+      const uint64_t off = LoadBE64(raw.data() + 8 * bi) & kRefcountTableOffsetMask;
+      if (!off) continue;
+      if ((off & (cs - 1)) || off > im.file_size - std::min(im.file_size, cs))
+        return Status::Corruption("refcount table entry " + std::to_string(bi) + " (" + Hex(off) +
+                                  ") is unaligned or outside the file");
+      old_structures.push_back(off >> im.cb);
+      QCOW2J_RETURN_IF_ERROR(im.file->Read(off, block.data(), cs));
+      for (uint64_t i = 0; i < old_epb; i++) {
+        const uint64_t r = GetRefcount(block, im.h.refcount_order, i);
+        if (!r) continue;
+        const uint64_t ci = bi * old_epb + i;
+        if (ci >= refs.size()) refs.resize(ci + 1, 0);
+        refs[ci] = r;
+      }
+    }
+  }
+  for (uint64_t ci : old_structures)
+    if (ci < refs.size()) refs[ci] = 0;
+  for (uint64_t ci = 0; ci < refs.size(); ci++) {
+    if (refs[ci] > MaxRefcount(order))
+      return Status::InvalidArgument("Cannot decrease refcount entry width to " +
+                                     std::to_string(new_bits) + " bits: Cluster at offset " +
+                                     Hex(ci << im.cb) + " has a refcount of " +
+                                     std::to_string(refs[ci]));
+  }
+
+  // Layout: the blocks (only those covering a non-zero refcount), then the
+  // table, from the first cluster after the end of the file. Both must
+  // cover themselves: grow until the count stops changing.
+  const uint64_t epb = RefcountBlockEntries(im.cb, order);
+  const uint64_t first = im.Clusters(std::max(im.file_size, refs.size() << im.cb));
+  std::vector<uint64_t> used;  // block indices with a non-zero refcount below `first`
+  for (uint64_t ci = 0; ci < refs.size(); ci++) {
+    if (refs[ci] && (used.empty() || used.back() != ci / epb)) used.push_back(ci / epb);
+  }
+  std::vector<uint64_t> blocks;
+  uint64_t table_clusters = 1;
+  for (;;) {
+    const uint64_t end = first + blocks.size() + table_clusters;  // exclusive, in clusters
+    std::vector<uint64_t> want = used;
+    for (uint64_t bi = first / epb; bi <= (end - 1) / epb; bi++)
+      if (want.empty() || want.back() < bi) want.push_back(bi);
+    const uint64_t tc = std::max<uint64_t>(1, ((want.back() + 1) * 8 + cs - 1) / cs);
+    if (want == blocks && tc == table_clusters) break;
+    blocks = std::move(want);
+    table_clusters = tc;
+  }
+  if (table_clusters * cs > kMaxRefcountTableBytes)
+    return Status::NotSupported("a refcount table of " + std::to_string(table_clusters) +
+                                " clusters for refcount_bits=" + std::to_string(new_bits) +
+                                " exceeds the maximum of " + std::to_string(kMaxRefcountTableBytes) +
+                                " bytes");
+  const uint64_t end = first + blocks.size() + table_clusters;
+  if (refs.size() < end) refs.resize(end, 0);
+  for (uint64_t ci = first; ci < end; ci++) refs[ci] = 1;
+
+  // One buffer: blocks in index order, then the table.
+  std::vector<uint8_t> out((blocks.size() + table_clusters) * cs, 0);
+  uint8_t* table = out.data() + blocks.size() * cs;
+  for (size_t k = 0; k < blocks.size(); k++) {
+    std::span<uint8_t> b(out.data() + k * cs, cs);
+    const uint64_t base = blocks[k] * epb;
+    for (uint64_t i = 0; i < epb && base + i < refs.size(); i++)
+      if (refs[base + i]) SetRefcount(b, order, i, refs[base + i]);
+    StoreBE64(table + 8 * blocks[k], (first + k) << im.cb);
+  }
+  QCOW2J_RETURN_IF_ERROR(im.file->Write(first << im.cb, out.data(), out.size()));
+  QCOW2J_RETURN_IF_ERROR(im.file->Sync());
+  return NewRefcounts{order, (first + blocks.size()) << im.cb,
+                      static_cast<uint32_t>(table_clusters)};
+}
+
+// The old table and blocks, free since the header switched away from them.
+void DropOldRefcounts(OfflineImage& im, const Header& old) {
+  std::vector<uint8_t> raw(uint64_t{old.refcount_table_clusters} << im.cb);
+  if (!im.file->Read(old.refcount_table_offset, raw.data(), raw.size()).ok()) return;
+  for (uint64_t bi = 0; bi < raw.size() / 8; bi++) {
+    const uint64_t off = LoadBE64(raw.data() + 8 * bi) & kRefcountTableOffsetMask;
+    if (off) (void)im.file->PunchHole(off, im.cs);
+  }
+  (void)im.file->PunchHole(old.refcount_table_offset, raw.size());
+}
+
 }  // namespace
 
 Status AmendImage(const std::string& path, const AmendRequest& req,
@@ -140,14 +255,11 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
   if (new_lazy != old_lazy && new_lazy && new_version < 3)
     return Status::InvalidArgument("Lazy refcounts only supported with compatibility level 1.1 "
                                    "and above (use compat=1.1 or greater)");
-  if (req.refcount_bits && *req.refcount_bits != h.refcount_bits()) {
-    if (new_version < 3)
-      return Status::InvalidArgument("Refcount widths other than 16 bits require compatibility "
-                                     "level 1.1 or above (use compat=1.1 or greater)");
-    return Status::NotSupported("Changing refcount_bits from " + std::to_string(h.refcount_bits()) +
-                                " to " + std::to_string(*req.refcount_bits) +
-                                " is not supported by qcow2j");
-  }
+  const uint32_t new_bits = req.refcount_bits.value_or(h.refcount_bits());
+  if (new_bits != 16 && new_version < 3)
+    return Status::InvalidArgument("Refcount widths other than 16 bits require compatibility "
+                                   "level 1.1 or above (use compat=1.1 or greater)");
+  const bool change_width = req.refcount_bits && *req.refcount_bits != h.refcount_bits();
   std::string backing = h.backing_file;
   std::optional<std::string> backing_format = h.backing_format;
   if (req.backing_file) {
@@ -163,7 +275,7 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
   std::vector<ZeroFix> fixes;
   const bool downgrade = new_version < old_version;
   if (downgrade) {
-    if (h.refcount_order != 4) return Status::NotSupported("compat=0.10 requires refcount_bits=16");
+    if (new_bits != 16) return Status::NotSupported("compat=0.10 requires refcount_bits=16");
     if (h.has_data_file()) return Status::NotSupported("Cannot downgrade an image with a data file");
     uint64_t inc = h.incompatible_features & ~kIncompatCompression;
     if (inc) {
@@ -192,6 +304,16 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
   // ---- changes ----
   if (downgrade && (!unmap.empty() || !fixes.empty()))
     QCOW2J_RETURN_IF_ERROR(ExpandZeroClusters(im, unmap, std::move(fixes)));
+  report(40);
+  const Header old_header = im.h;
+  if (change_width) {
+    uint32_t order = 0;
+    while ((1u << order) < *req.refcount_bits) order++;
+    QCOW2J_ASSIGN_OR_RETURN(NewRefcounts n, WriteRefcountsInWidth(im, order));
+    h.refcount_order = n.order;
+    h.refcount_table_offset = n.table_offset;
+    h.refcount_table_clusters = n.table_clusters;
+  }
   report(80);
   if (new_version > old_version) {
     h.version = static_cast<uint32_t>(new_version);
@@ -231,6 +353,9 @@ Status AmendImage(const std::string& path, const AmendRequest& req,
     h.feature_names.clear();
   }
   QCOW2J_RETURN_IF_ERROR(RewriteHeader(im, h));
+  // Space only: a crash before this leaves the old structures as clusters
+  // with refcount 0, which is what they are.
+  if (change_width) DropOldRefcounts(im, old_header);
   report(100);
   return Status::OK();
 }

@@ -42,7 +42,7 @@ Status MakeEmpty(const std::string& path, Env* env = nullptr);
 struct AmendRequest {
   std::optional<int> version;             // compat: 2 (0.10) or 3 (1.1)
   std::optional<bool> lazy_refcounts;
-  std::optional<uint32_t> refcount_bits;  // only the current width is accepted
+  std::optional<uint32_t> refcount_bits;  // a power of two, 1..64 (v3 only)
   std::optional<std::string> backing_file;
   std::optional<std::string> backing_format;
   // size=: applied by the caller through the engine (Image::Resize), before

@@ -134,9 +134,20 @@ Status RefcountModel::Add(uint64_t ci, int64_t delta) {
 }
 
 Result<uint64_t> RefcountModel::Get(uint64_t ci) {
-  QCOW2J_ASSIGN_OR_RETURN(Block * b, Load(ci >> block_bits_));
-  if (!b) return uint64_t{0};
-  return GetRefcount(b->data, order_, ci & ((1ull << block_bits_) - 1));
+  // Called once per L2 entry by FixCopied: the loaded-block, 16-bit case
+  // (QEMU's default) inline, as in Add.
+  uint64_t bi = ci >> block_bits_;
+  Block* b = bi < blocks_.size() ? blocks_[bi].get() : nullptr;
+  if (!b) {
+    QCOW2J_ASSIGN_OR_RETURN(b, Load(bi));
+    if (!b) return uint64_t{0};
+  }
+  uint64_t idx = ci & ((1ull << block_bits_) - 1);
+  if (order_ == 4) {
+    const uint8_t* p = b->data.data() + idx * 2;
+    return (uint64_t{p[0]} << 8) | p[1];
+  }
+  return GetRefcount(b->data, order_, idx);
 }
 
 std::vector<RefcountModel::BlockImage> RefcountModel::TakeDirty() {

@@ -36,15 +36,7 @@ with open(sys.argv[1], "wb") as f:
 EOF
 fi
 
-# Seconds (wall) of one run of "$@".
-seconds() {
-  local t0 t1
-  t0=$(date +%s%N)
-  "$@" >/dev/null
-  t1=$(date +%s%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", (b - a) / 1e9}'
-}
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. scripts/bench-lib.sh
 
 for mode in default none; do
   cache=(); [ "$mode" = none ] && cache=(-t none)
@@ -57,6 +49,6 @@ for mode in default none; do
   done
   q=$(median <"$dir/qemu.t"); o=$(median <"$dir/ours.t")
   printf 'convert -c %-9s qemu-img %6.2f s  qcow2j %6.2f s  ratio %.3f  (sizes: qemu %s, ours %s)\n' \
-    "${cache[*]:-(unsafe)}" "$q" "$o" "$(awk -v o="$o" -v q="$q" 'BEGIN {print o / q}')" \
+    "${cache[*]:-(unsafe)}" "$q" "$o" "$(ratio "$q" "$o")" \
     "$(stat -c %s "$dir/q.qcow2")" "$(stat -c %s "$dir/o.qcow2")"
 done

@@ -261,7 +261,15 @@ INSTANTIATE_TEST_SUITE_P(
                   "format-specific.data.lazy-refcounts", "false"},
         AmendCase{"compat=0.10", "compat=1.1,lazy_refcounts=on",
                   "format-specific.data.lazy-refcounts", "true"},
-        AmendCase{"compat=1.1", "refcount_bits=16", "format-specific.data.refcount-bits", "16"}),
+        AmendCase{"compat=1.1", "refcount_bits=16", "format-specific.data.refcount-bits", "16"},
+        AmendCase{"compat=1.1", "refcount_bits=1", "format-specific.data.refcount-bits", "1"},
+        AmendCase{"compat=1.1", "refcount_bits=8", "format-specific.data.refcount-bits", "8"},
+        AmendCase{"compat=1.1,cluster_size=4k", "refcount_bits=64",
+                  "format-specific.data.refcount-bits", "64"},
+        AmendCase{"compat=0.10", "compat=1.1,refcount_bits=4", "format-specific.data.refcount-bits",
+                  "4"},
+        AmendCase{"compat=1.1,refcount_bits=2", "compat=0.10,refcount_bits=16",
+                  "format-specific.data.compat", "0.10"}),
     [](const ::testing::TestParamInfo<AmendCase>& p) {
       std::string name = std::to_string(p.index) + "_" + p.param.amend;
       for (char& ch : name)
@@ -281,6 +289,60 @@ TEST(Amend, DowngradeExpandsZeroClustersOverABackingFile) {
   EXPECT_EQ(Info(top, "format-specific.data.compat"), "0.10");
   EXPECT_EQ(GuestBytes(d, top), expect);
   ExpectClean(top);
+}
+
+// A refcount-width change keeps every cluster's count: shared clusters of a
+// snapshot and host clusters holding several compressed clusters too. QEMU
+// reads the result (active image and snapshot) and finds it clean; a width
+// too narrow for a count is refused with QEMU's message, image untouched.
+TEST(Amend, RefcountWidthChangeKeepsEveryCount) {
+  TempDir d;
+  const std::string img = d.Path("a.qcow2");
+  Must(test::Run("qemu-img create -q -f qcow2 " + Quote(img) + " 16M"));
+  Must(test::Run("qemu-io -c 'write -P 3 0 1M' -c 'write -c -P 5 2M 256k' " + Quote(img)));
+  Must(test::Run("qemu-img snapshot -c s1 " + Quote(img)));
+  Must(test::Run("qemu-io -c 'write -P 4 512k 64k' " + Quote(img)));
+  const std::string active = GuestBytes(d, img);
+  const std::string io_active = "qemu-io -r -c 'read -P 3 0 512k' -c 'read -P 4 512k 64k' "
+                                "-c 'read -P 3 576k 448k' -c 'read -P 5 2M 256k' "
+                                "-c 'read -P 0 4M 12M' ";
+  Must(test::Run("qemu-img check " + Quote(img)));
+  auto snapshot_bytes = [&] {
+    const std::string out = d.Path("s1.raw");
+    Must(test::Run("qemu-img convert -U -l snapshot.name=s1 -O raw " + Quote(img) + " " + Quote(out)));
+    return ReadFile(out);
+  };
+  const std::string s1 = snapshot_bytes();
+  ASSERT_EQ(s1.substr(0, 1 << 20), std::string(1 << 20, '\3'));
+  // Four compressed clusters share a host cluster, and s1 shares them all:
+  // refcounts of up to 8.
+  for (const char* bits : {"4", "64", "8", "16"}) {
+    SCOPED_TRACE(std::string("refcount_bits=") + bits);
+    Must(Ours("amend -o refcount_bits=" + std::string(bits) + " " + Quote(img)));
+    EXPECT_EQ(Info(img, "format-specific.data.refcount-bits"), bits);
+    ExpectClean(img);
+    RunResult r = test::Run(io_active + Quote(img));
+    Must(r);
+    EXPECT_EQ(r.out.find("Pattern verification failed"), std::string::npos) << r.out;
+    EXPECT_EQ(snapshot_bytes(), s1);
+    EXPECT_EQ(GuestBytes(d, img), active);
+  }
+  // Two bits cannot count that; QEMU refuses too.
+  RunResult r = Ours("amend -o refcount_bits=2 " + Quote(img));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("Cannot decrease refcount entry width to 2 bits: Cluster at offset 0x"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("has a refcount of 8"), std::string::npos) << r.err;
+  EXPECT_EQ(test::Run("qemu-img amend -o refcount_bits=2 " + Quote(img)).exit_code, 1);
+  EXPECT_EQ(Info(img, "format-specific.data.refcount-bits"), "16");
+  ExpectClean(img);
+  // Our engine writes on with the new width (journal session and all).
+  Must(Ours("amend -o refcount_bits=8 " + Quote(img)));
+  Must(Ours("io -f qcow2 -c 'write -P 7 8M 1M' " + Quote(img)));
+  ExpectClean(img);
+  r = test::Run("qemu-io -r -c 'read -P 7 8M 1M' " + Quote(img));
+  Must(r);
+  EXPECT_EQ(r.out.find("Pattern verification failed"), std::string::npos) << r.out;
 }
 
 TEST(Amend, BackingFileIsRewritten) {
@@ -306,7 +368,7 @@ TEST(Amend, RefusalsUseQemusMessages) {
       {"foo=bar", "Invalid parameter 'foo'"},
       {"compat=2", "Unknown compatibility level 2"},
       {"refcount_bits=3", "Refcount width must be a power of two and may not exceed 64 bits"},
-      {"refcount_bits=8", "refcount_bits"},
+      {"compat=0.10,refcount_bits=8", "Refcount widths other than 16 bits require compatibility level 1.1"},
       {"lazy_refcounts=on,compat=0.10", "Lazy refcounts only supported with compatibility level 1.1"},
       {"lazy_refcounts=maybe", "Parameter 'lazy_refcounts' expects 'on' or 'off'"},
   };
@@ -315,9 +377,8 @@ TEST(Amend, RefusalsUseQemusMessages) {
     EXPECT_EQ(r.exit_code, 1) << x.opts;
     EXPECT_NE(r.err.find(x.message), std::string::npos) << x.opts << ": " << r.err;
   }
-  // qemu-img agrees that each of those but refcount_bits=8 is refused.
+  // qemu-img agrees that each of those is refused.
   for (const Refusal& x : refusals) {
-    if (x.opts == "refcount_bits=8") continue;
     EXPECT_EQ(test::Run("qemu-img amend -o " + Quote(x.opts) + " " + Quote(img)).exit_code, 1) << x.opts;
   }
   EXPECT_EQ(Info(img, "format-specific.data.compat"), "1.1");

@@ -36,15 +36,6 @@ void ExpectClean(const std::string& img, const std::string& when) {
   EXPECT_EQ(r.exit_code, 0) << when << "\n" << r.Describe();
 }
 
-// What the guest reads, as qemu-img converts it (the active image or a snapshot).
-std::string QemuRead(const TempDir& dir, const std::string& img, const std::string& snapshot) {
-  std::string out = dir.Path("read.raw");
-  std::string l = snapshot.empty() ? "" : " -l " + Quote("snapshot.name=" + snapshot);
-  RunResult r = test::Run("qemu-img convert -U" + l + " -O raw " + Quote(img) + " " + Quote(out));
-  EXPECT_EQ(r.exit_code, 0) << r.Describe();
-  return ReadFile(out);
-}
-
 // "ID TAG" of every snapshot, as qemu-img snapshot -l lists them.
 std::vector<std::pair<std::string, std::string>> QemuList(const std::string& img) {
   RunResult r = test::Run("qemu-img snapshot -U -l " + Quote(img));

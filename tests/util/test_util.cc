@@ -1,5 +1,7 @@
 #include "util/test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -119,6 +121,14 @@ std::string ReadFile(const std::string& path) {
   std::ostringstream os;
   os << f.rdbuf();
   return os.str();
+}
+
+std::string QemuRead(const TempDir& dir, const std::string& img, const std::string& snapshot) {
+  std::string out = dir.Path("read.raw");
+  std::string l = snapshot.empty() ? "" : " -l " + Quote("snapshot.name=" + snapshot);
+  RunResult r = Run("qemu-img convert -U" + l + " -O raw " + Quote(img) + " " + Quote(out));
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  return ReadFile(out);
 }
 
 void WriteFile(const std::string& path, const std::string& data) {

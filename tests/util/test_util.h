@@ -57,6 +57,9 @@ std::string Quote(const std::string& s);
 bool HaveProgram(const std::string& prog);
 
 std::string ReadFile(const std::string& path);
+// What the guest reads from `img` (at internal snapshot `snapshot` unless
+// empty), as qemu-img convert gives it, through a file in `dir`.
+std::string QemuRead(const TempDir& dir, const std::string& img, const std::string& snapshot);
 void WriteFile(const std::string& path, const std::string& data);
 uint64_t FileSize(const std::string& path);
 void TruncateFile(const std::string& path, uint64_t size);
