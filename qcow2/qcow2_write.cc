@@ -42,6 +42,8 @@ constexpr size_t kCowFillThreads = 16;
 constexpr int kGroupCommitWaitUs = 2000;  // longest a flush leader waits for its group
 constexpr uint64_t kAllAllocated = 0xffffffffull;
 constexpr uint64_t kAllZero = 0xffffffffull << 32;
+constexpr uint64_t kReserveAhead = 16;  // clusters reserved by one fallocate in a stream
+constexpr uint64_t kReserveAheadMax = 1 << 20;  // ... but no more bytes than this
 
 }  // namespace
 
@@ -408,8 +410,20 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
         !ext && !ContinuesStreamLocked(cluster << cluster_bits_) &&
         (in == 0 || !SourceIsZero(cluster, old_raw, old_bitmap, 0, in)) &&
         (in + n == cluster_size_ || !SourceIsZero(cluster, old_raw, old_bitmap, in + n, cluster_size_));
-    if (fresh && n < cluster_size_ && !whole_now) {
-      Status s = data_file_->Allocate(host, cluster_size_, false);
+    // A stream appends cluster after cluster: reserve a run of them in one
+    // call (one fallocate per kReserveAhead clusters instead of one per
+    // cluster). The clusters past this one are not allocated yet; the
+    // reservation only makes the file longer, with blocks that read as
+    // zeros, which is what a fresh cluster must hold anyway. reserved_end_
+    // is a hint: if it is stale, a cluster is written without reservation.
+    if (fresh && n < cluster_size_ && !whole_now && host + cluster_size_ > reserved_end_) {
+      Status s = Status::NotSupported("");
+      if (ContinuesStreamLocked(cluster << cluster_bits_)) {
+        uint64_t ahead = std::max<uint64_t>(cluster_size_, std::min(kReserveAhead * cluster_size_, kReserveAheadMax));
+        s = data_file_->Allocate(host, ahead, false);
+        if (s.ok()) reserved_end_ = host + ahead;
+      }
+      if (!s.ok()) s = data_file_->Allocate(host, cluster_size_, false);  // not a stream, or no room
       if (!s.ok() && s.code() != Code::kNotSupported) {
         l2_cache_->Release(slice);
         decrements_.push_back({host, false});  // give the cluster back at the next flush
