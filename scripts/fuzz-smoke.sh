@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target briefly (45 s each by default) from its seed
 # corpus and fails on the first crash, leak, timeout or out-of-memory.
-#   scripts/fuzz-smoke.sh            after scripts/build.sh fuzz
-#   FUZZ_BUILD_DIR=build-fuzz-h FUZZ_SECONDS=10 scripts/fuzz-smoke.sh
+#   scripts/fuzz-smoke.sh            after scripts/build.sh asan
+#   FUZZ_BUILD_DIR=build-asan-h FUZZ_SECONDS=10 scripts/fuzz-smoke.sh
 # New inputs go to a scratch corpus; crashing inputs are kept in
 # $FUZZ_BUILD_DIR/fuzz-artifacts/ (reproduce: fuzz_<target> <file>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${FUZZ_BUILD_DIR:-build-fuzz}
+build=${FUZZ_BUILD_DIR:-build-asan}
 secs=${FUZZ_SECONDS:-45}
 targets=(header open_read check journal)
 artifacts="$build/fuzz-artifacts"
@@ -18,7 +18,7 @@ failed=()
 for t in "${targets[@]}"; do
   bin="$build/fuzz/fuzz_$t"
   if [ ! -x "$bin" ]; then
-    echo "fuzz-smoke: $bin is missing (run scripts/build.sh fuzz)" >&2
+    echo "fuzz-smoke: $bin is missing (run scripts/build.sh asan)" >&2
     exit 1
   fi
   mkdir -p "$scratch/$t"
