@@ -24,6 +24,8 @@ if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
      ctest -j "$(nproc)" --timeout 900 --no-tests=error)
   FUZZ_BUILD_DIR=build-asan scripts/fuzz-smoke.sh
   if [ -f tests/tsan_tests.txt ]; then
+    # Only the test binary is built (scripts/build.sh): the regexes select
+    # tests that run neither the CLI nor nbdkit.
     scripts/build.sh tsan
     # The regex is built here, in the repository root, where the list lives.
     tsan_regex="$(grep -v '^#' tests/tsan_tests.txt | grep . | paste -sd'|')"
