@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates the seed corpora in fuzz/corpus/<target>/ from images qemu-img
 # makes (small clusters keep them a few KiB) and from fuzz_journal_seeds.
-#   fuzz/make-corpus.sh [build-fuzz]
+#   fuzz/make-corpus.sh [build-asan]   (after scripts/build.sh asan)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${1:-build-fuzz}
+build=${1:-build-asan}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 q() { qemu-img "$@" >/dev/null; }
@@ -41,5 +41,6 @@ done
 mkdir -p fuzz/corpus/header
 for i in "${images[@]}" ext16k; do head -c 1024 "$tmp/$i.qcow2" > "fuzz/corpus/header/$i"; done
 mkdir -p fuzz/corpus/journal
+cmake --build "$build" --target fuzz_journal_seeds >/dev/null
 "$build/fuzz/fuzz_journal_seeds" fuzz/corpus/journal
 du -sh fuzz/corpus

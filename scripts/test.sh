@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the release build's suite (unit + interop against qemu-img /
-# qemu-io), the same suite under AddressSanitizer + UBSan, the concurrency
-# tests under ThreadSanitizer, and a short run of every fuzz target.
+# qemu-io), the same suite under AddressSanitizer + UBSan (clang) and a short
+# run of every fuzz target from that same build, and the concurrency tests
+# under ThreadSanitizer.
 # QCOW2J_QUICK=1 runs only the release suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,19 +17,19 @@ scripts/build.sh release
 examples/consumer/check-installed.sh build
 
 if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
+  # One clang build: the sanitized suite and the libFuzzer targets.
   scripts/build.sh asan
   # Leak checking is on; halt on the first UBSan report.
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
      ctest -j "$(nproc)" --timeout 900 --no-tests=error)
+  FUZZ_BUILD_DIR=build-asan scripts/fuzz-smoke.sh
   if [ -f tests/tsan_tests.txt ]; then
+    # Only the test binary is built (scripts/build.sh): the regexes select
+    # tests that run neither the CLI nor nbdkit.
     scripts/build.sh tsan
     # The regex is built here, in the repository root, where the list lives.
     tsan_regex="$(grep -v '^#' tests/tsan_tests.txt | grep . | paste -sd'|')"
     (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest -j "$(nproc)" --timeout 900 --no-tests=error -R "$tsan_regex")
-  fi
-  if [ -f fuzz/CMakeLists.txt ]; then
-    scripts/build.sh fuzz
-    scripts/fuzz-smoke.sh
   fi
 fi
 echo "test.sh: all suites passed in $((SECONDS - start)) s"

@@ -375,14 +375,14 @@ std::vector<BadCase> BadCases() {
        },
        Code::kCorruption, {"bitmaps", "offset 0x70", "length 16"}},
       {"bitmaps_unaligned_directory",
-       [cs](auto& b, Header& h) {
+       [](auto& b, Header& h) {
          h.autoclear_features = kAutoclearBitmaps;
          h.bitmaps = BitmapsExtension{1, 32, 3 * cs + 8};
          Reserialize(b, h);
        },
        Code::kCorruption, {"bitmaps", "bitmap_directory_offset", "aligned"}},
       {"bitmaps_zero_count",
-       [cs](auto& b, Header& h) {
+       [](auto& b, Header& h) {
          h.autoclear_features = kAutoclearBitmaps;
          h.bitmaps = BitmapsExtension{0, 32, 3 * cs};
          Reserialize(b, h);

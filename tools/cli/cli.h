@@ -45,6 +45,18 @@ Result<std::unique_ptr<Image>> OpenImageAtSnapshot(const std::string& path, Open
 // Restarts getopt for a fresh argv (commands parse their own options).
 void ResetGetopt();
 
+// What getopt_long returned that no case of a command's switch takes (call it
+// from the switch's default:; option strings start with ':'), reported as
+// qemu-img does, naming the option as it was typed: ':' "option '-x' requires
+// an argument", anything else "unrecognized option '-x'". The caller returns
+// its error code (1; compare 2).
+void PrintOptionError(int c, char** argv);
+
+// Whether exactly one operand, the image, follows the options (it is then
+// argv[optind]); if not, prints "Expecting one image file name" (the caller
+// returns 1).
+bool ExpectOneImage(int argc);
+
 int CmdInfo(int argc, char** argv);
 int CmdMap(int argc, char** argv);
 int CmdCreate(int argc, char** argv);

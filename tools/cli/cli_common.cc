@@ -93,4 +93,18 @@ void ResetGetopt() {
   opterr = 1;
 }
 
+void PrintOptionError(int c, char** argv) {
+  if (c == ':') {
+    PrintErrorF("option '%s' requires an argument", argv[optind - 1]);
+  } else {
+    PrintErrorF("unrecognized option '%s'", argv[optind - 1]);
+  }
+}
+
+bool ExpectOneImage(int argc) {
+  if (optind == argc - 1) return true;
+  PrintError("Expecting one image file name");
+  return false;
+}
+
 }  // namespace qcow2j::cli

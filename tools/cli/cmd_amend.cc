@@ -112,8 +112,7 @@ int CmdAmend(int argc, char** argv) {
       case 'h':
         std::printf("usage: qcow2j amend [-p] [-q] [-f fmt] [-t cache] -o options filename\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (quiet) progress = false;
@@ -132,10 +131,7 @@ int CmdAmend(int argc, char** argv) {
       return 0;
     }
   }
-  if (optind != argc - 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   const std::string file = argv[optind];
 
   AmendRequest req;

@@ -122,15 +122,11 @@ int CmdBench(int argc, char** argv) {
                     "[--no-drain] [-i aio] [-n] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
                     "[-S step_size] [-t cache] [-w] [-U] filename\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   (void)quiet;  // qemu-img bench prints its two lines even with -q
-  if (argc - optind != 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   if (!step_given) step = size;
   if (flush_interval && flush_interval < depth) {
     PrintError("Flush interval can't be smaller than depth");

@@ -230,18 +230,14 @@ int CmdCheck(int argc, char** argv) {
             "                  \"lost-ranges\"). Snapshots and bitmaps are not copied.\n"
             "                  Exit codes: 0 nothing lost, 2 some ranges lost, 1 failed.\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (output != "human" && output != "json") {
     PrintError("--output must be used with human or json as argument.");
     return 1;
   }
-  if (optind != argc - 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   const std::string path = argv[optind];
   if (!salvage.empty()) {
     if (opts.repair != RepairMode::kNone) {

@@ -106,15 +106,11 @@ int CmdCommit(int argc, char** argv) {
         std::printf("usage: qcow2j commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] "
                     "[-p] filename\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (quiet) progress = false;
-  if (optind != argc - 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   const std::string file = argv[optind];
   OpenOptions base_opts;
   base_opts.read_only = false;

@@ -72,8 +72,7 @@ int CmdCompare(int argc, char** argv) {
       case 'U': force_share = true; break;
       case 'T': case 'p': break;
       case 'h': std::printf("usage: qcow2j compare [-f fmt] [-F fmt] [-s] [-q] [-U] file1 file2\n"); return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return kError;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return kError;
+      default: PrintOptionError(c, argv); return kError;
     }
   }
   if (argc - optind != 2) {

@@ -238,8 +238,7 @@ int CmdConvert(int argc, char** argv) {
                     "[-B backing_file [-F backing_fmt]] [-t cache] [-T src_cache] [-p] [-q] [-n] "
                     "[-S sparse_size] [-m num] [-W] src dst\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (quiet) progress = false;

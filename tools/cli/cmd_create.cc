@@ -43,8 +43,7 @@ int CmdCreate(int argc, char** argv) {
         std::printf("usage: qcow2j create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] "
                     "[-o options] filename [size]\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (fmt != "qcow2" && fmt != "raw") {

@@ -29,18 +29,14 @@ int CmdInfo(int argc, char** argv) {
       case 'B': chain = true; break;
       case 'U': force_share = true; break;
       case 'h': std::printf("usage: qcow2j info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename\n"); return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (output != "human" && output != "json") {
     PrintErrorF("--output must be used with human or json as argument.");
     return 1;
   }
-  if (optind != argc - 1) {
-    PrintError(optind >= argc ? "Expecting one image file name" : "Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
 
   std::vector<ImageInfo> infos;
   std::set<std::string> seen;

@@ -676,8 +676,7 @@ int CmdIo(int argc, char** argv) {
       case 'h':
         std::printf("Usage: qcow2j io [OPTIONS]... [-c STRING]... [file]\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (argc - optind > 1) {

@@ -60,18 +60,14 @@ int CmdMap(int argc, char** argv) {
         break;
       }
       case 'h': std::printf("usage: qcow2j map [-f fmt] [--output=human|json] [--start-offset=N] [--max-length=N] filename\n"); return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (output != "human" && output != "json") {
     PrintError("--output must be used with human or json as argument.");
     return 1;
   }
-  if (optind != argc - 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   const bool json = output == "json";
   OpenOptions opts;
   opts.format = fmt;

@@ -205,8 +205,7 @@ int CmdMeasure(int argc, char** argv) {
         std::printf("usage: qcow2j measure [--output=human|json] [-O output_fmt] [-o options] "
                     "[--size N | [-f fmt] [-l snapshot_param] filename]\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (output != "human" && output != "json") {

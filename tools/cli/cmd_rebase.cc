@@ -95,15 +95,11 @@ int CmdRebase(int argc, char** argv) {
         std::printf("usage: qcow2j rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] "
                     "-b backing_file [-F backing_fmt] filename\n");
         return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (quiet) progress = false;
-  if (optind != argc - 1) {
-    PrintError("Expecting one image file name");
-    return 1;
-  }
+  if (!ExpectOneImage(argc)) return 1;
   if (!unsafe && !have_backing) {
     PrintError("Must specify backing file (-b) or use unsafe mode (-u)");
     return 1;

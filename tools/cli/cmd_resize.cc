@@ -39,8 +39,7 @@ int CmdResize(int argc, char** argv) {
         }
         break;
       case 'h': std::printf("usage: qcow2j resize [-f fmt] [--shrink] [-q] filename [+ | -]size\n"); return 0;
-      case ':': PrintErrorF("option '%s' requires an argument", argv[optind - 1]); return 1;
-      default: PrintErrorF("unrecognized option '%s'", argv[optind - 1]); return 1;
+      default: PrintOptionError(c, argv); return 1;
     }
   }
   if (size_arg.empty()) {
