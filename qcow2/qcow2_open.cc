@@ -186,10 +186,19 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
   // leak clusters but never leave an L2 entry without its refcount.
   l2_cache_ = std::make_unique<TableCache>(slice_bytes_, slices,
                                            [this](uint64_t off, const uint8_t* data) -> Status {
+    // The slice may describe compressed clusters still in the
+    // compressed-write cache: they reach the file, durably, before it does
+    // (the crash kit's long run found descriptors past the end of the file).
+    bool sync = false;
+    if (zrun_.base) {
+      QCOW2J_RETURN_IF_ERROR(FinishCompressedRunLocked());
+      sync = true;
+    }
     if (refcounts_ && refcounts_->dirty()) {
       QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
-      QCOW2J_RETURN_IF_ERROR(file_->Sync());
+      sync = true;
     }
+    if (sync) QCOW2J_RETURN_IF_ERROR(file_->Sync());
     QCOW2J_RETURN_IF_ERROR(GuardWrite(off, slice_bytes_, MetadataKind::kL2));  // overlap-guard
     return file_->Write(off, data, slice_bytes_);
   });
