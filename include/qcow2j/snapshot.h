@@ -2,8 +2,10 @@
 // `qcow2j snapshot -c/-a/-d/-l`, after `qemu-img snapshot`. Like qemu-img,
 // these work on an image that nothing else has open: they edit the file's
 // L1/L2 tables, refcounts and snapshot table directly (no engine, no
-// journal), in an order that leaves only leaked clusters, never a
-// corruption, if the process dies part way.
+// journal), in an order that never loses data if the process dies part
+// way: the worst a crash leaves is leaked clusters and OFLAG_COPIED flags
+// that disagree with a refcount of 1 (both reported by check, both repaired
+// by `check -r all`; docs/crash-safety.md).
 #ifndef QCOW2J_SNAPSHOT_H_
 #define QCOW2J_SNAPSHOT_H_
 
