@@ -27,8 +27,32 @@
 #include "io/posix_env.h"
 #include "qcow2j/file.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define QCOW2J_URING_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define QCOW2J_URING_TSAN 1
+#endif
+#endif
+#ifdef QCOW2J_URING_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace qcow2j {
 namespace {
+
+// A ring's memory is mapped from the kernel. Once one thread's ring is
+// unmapped (the thread exited), another thread's new ring may be mapped at
+// the same addresses; ThreadSanitizer does not see that the munmap and the
+// mmap order the two and reports a race on the entries. Tell it.
+#ifdef QCOW2J_URING_TSAN
+char g_ring_handoff;
+void NoteRingMapped() { __tsan_acquire(&g_ring_handoff); }
+void NoteRingUnmapped() { __tsan_release(&g_ring_handoff); }
+#else
+void NoteRingMapped() {}
+void NoteRingUnmapped() {}
+#endif
 
 // One request at a time per ring; a little slack costs nothing.
 constexpr unsigned kRingEntries = 4;
@@ -40,7 +64,13 @@ constexpr unsigned kRingEntries = 4;
 int InitRing(io_uring* ring) {
   int r = io_uring_queue_init(kRingEntries, ring, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
   if (r == -EINVAL) r = io_uring_queue_init(kRingEntries, ring, 0);
+  if (r >= 0) NoteRingMapped();
   return r;
+}
+
+void ExitRing(io_uring* ring) {
+  NoteRingUnmapped();
+  io_uring_queue_exit(ring);
 }
 
 // Bumped in a child after fork(): the forking thread's ring (inherited, but
@@ -99,7 +129,7 @@ class ThreadRing {
 
  private:
   void Close() {
-    if (open_) io_uring_queue_exit(&ring_);
+    if (open_) ExitRing(&ring_);
     open_ = false;
   }
 
@@ -138,7 +168,7 @@ Status Probe() {
   if (r < 0) {
     return Status::FromErrno(-r, "Unable to use io_uring: failed to init linux io_uring ring");
   }
-  io_uring_queue_exit(&ring);
+  ExitRing(&ring);
   return Status::OK();
 }
 
