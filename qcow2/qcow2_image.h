@@ -297,6 +297,8 @@ class Qcow2Image final : public Image {
   void EncodeResizeFields(uint8_t* out) const;
   // Replay of such a header update: the new size, and the L1 table it names.
   Status ApplyResizeFields(const uint8_t* fields);
+  // l1_ = the `entries` big-endian entries at `offset` (bounds checked by the caller).
+  Status ReadL1Table(uint64_t offset, uint64_t entries);
   // L1 tables named by replayed L1 updates that are not the image's L1 table:
   // legal only when a resize replayed later switched away from them (the
   // checkpoint wrote the new header in place before the tail moved).

@@ -488,10 +488,7 @@ Status Qcow2Image::ApplyResizeFields(const uint8_t* fields) {
   std::erase_if(jreplay_stale_l1_, [&](uint64_t t) { return t != l1_offset; });
   if (l1_offset != header_.l1_table_offset || l1_size != l1_.size()) {
     // The resize wrote and synced the new table before committing this.
-    std::vector<uint8_t> raw(l1_size * 8);
-    QCOW2J_RETURN_IF_ERROR(file_->Read(l1_offset, raw.data(), raw.size()));
-    l1_.assign(l1_size, 0);
-    for (uint64_t i = 0; i < l1_size; i++) l1_[i] = LoadBE64(raw.data() + i * 8);
+    QCOW2J_RETURN_IF_ERROR(ReadL1Table(l1_offset, l1_size));
     l1_dirty_.clear();
   }
   header_.size = size;

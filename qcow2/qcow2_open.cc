@@ -51,6 +51,14 @@ Result<std::unique_ptr<Image>> Qcow2Image::Open(const std::string& path, const O
 
 Qcow2Image::~Qcow2Image() { (void)Close(); }
 
+Status Qcow2Image::ReadL1Table(uint64_t offset, uint64_t entries) {
+  std::vector<uint8_t> raw(entries * 8);
+  if (entries) QCOW2J_RETURN_IF_ERROR(file_->Read(offset, raw.data(), raw.size()));
+  l1_.assign(entries, 0);
+  for (uint64_t i = 0; i < entries; i++) l1_[i] = LoadBE64(raw.data() + i * 8);
+  return Status::OK();
+}
+
 Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int depth) {
   path_ = path;
   dir_ = Dirname(path);
@@ -166,12 +174,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
                   l1_size * 8 > file_size_ - l1_offset))
     return Status::Corruption("l1_table_offset " + Hex(l1_offset) + " with l1_size " +
                               std::to_string(l1_size) + " lies outside the image file");
-  l1_.resize(l1_size);
-  if (l1_size) {
-    std::vector<uint8_t> raw(l1_size * 8);
-    QCOW2J_RETURN_IF_ERROR(file_->Read(l1_offset, raw.data(), raw.size()));
-    for (uint64_t i = 0; i < l1_size; i++) l1_[i] = LoadBE64(raw.data() + i * 8);
-  }
+  QCOW2J_RETURN_IF_ERROR(ReadL1Table(l1_offset, l1_size));
 
   // L2 cache in slices of min(cluster, 4 KiB): a miss reads 4 KiB, not a
   // whole 64 KiB-2 MiB table.
