@@ -39,6 +39,10 @@ RefcountManager::RefcountManager(const Config& c)
 uint64_t RefcountManager::MaxRefcount() const { return qcow2j::MaxRefcount(order_); }
 
 Status RefcountManager::Load() {
+  if (table_clusters_ && table_offset_ >= cfg_.file_size)
+    return Status::Corruption("the refcount table (" + Hex(table_offset_) +
+                              ") starts past the end of the file (" +
+                              std::to_string(cfg_.file_size) + " bytes)");
   uint64_t entries = (uint64_t{table_clusters_} << cluster_bits_) / 8;
   std::vector<uint8_t> raw(entries * 8);
   QCOW2J_RETURN_IF_ERROR(file_->Read(table_offset_, raw.data(), raw.size()));
@@ -49,7 +53,15 @@ Status RefcountManager::Load() {
     if (off && (off & (cluster_size_ - 1)))
       return Status::Corruption("refcount table entry " + std::to_string(i) + " (" + Hex(off) +
                                 ") is not aligned to the cluster size");
-    // Blocks past the end of the file would be allocated over by appends.
+    // A block past the end of the file was never written: its refcounts
+    // read as zeros, and appends would land wherever the corrupt entry
+    // points (up to 2^64). QEMU's check calls it "outside image"; refuse to
+    // write through it instead of guessing.
+    if (off && off >= cfg_.file_size)
+      return Status::Corruption("refcount table entry " + std::to_string(i) + " (" + Hex(off) +
+                                ") points past the end of the file (" +
+                                std::to_string(cfg_.file_size) +
+                                " bytes); 'check -r all' rebuilds the refcounts");
     if (off) end_ = std::max(end_.load(), off + cluster_size_);
     if (off) (void)Claim(off, cluster_size_, MetadataKind::kRefcountBlock);  // overlap-guard
   }

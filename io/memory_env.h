@@ -71,6 +71,10 @@ class MemoryEnv : public Env {
   // Creates or replaces the file `path` with `bytes` (their pages are
   // shared, not copied). Handles open on an old file of that name keep it.
   virtual Status Install(const std::string& path, PagedBytes bytes) = 0;
+  // Like RLIMIT_FSIZE: a write, truncate or allocation that would end past
+  // `bytes` fails with EFBIG, for every file of this Env (the fuzz targets
+  // bound what a corrupt image can make the engine write). 0: no limit.
+  virtual void SetMaxFileSize(uint64_t bytes) = 0;
 };
 
 std::unique_ptr<MemoryEnv> NewMemoryEnvForTest();

@@ -181,6 +181,15 @@ class Qcow2Image final : public Image {
   bool SourceIsZero(uint64_t cluster, uint64_t old_raw, uint64_t old_bitmap, uint64_t a, uint64_t b);
   void CoverLocked(uint64_t cluster, uint64_t in, uint64_t len);
   Status ResolveCowLocked(uint64_t cluster);
+  // Whether no cluster of [first, end) has an allocating write in flight or
+  // pending COW (both maps hold at most the requests in flight).
+  bool NothingPendingLocked(uint64_t first, uint64_t end) const {
+    for (const auto& [c, unused] : inflight_)
+      if (c >= first && c < end) return false;
+    for (const auto& [c, unused] : cow_)
+      if (c >= first && c < end) return false;
+    return true;
+  }
   Status ResolveAllCowLocked(std::unique_lock<std::mutex>& lk);
   struct SumRange {
     uint64_t host = 0, len = 0, hash = 0;
