@@ -52,6 +52,7 @@ enum class Base {
 enum class Check {
   kInfo,  // the damage is found at open: `qcow2j info`
   kRead,  // the damage is in a table read on demand: `qcow2j convert -O raw`
+  kWrite,  // the damage is in what a read-write open loads: `qcow2j io -c "write 0 4k"`
 };
 
 struct Case {
@@ -183,6 +184,11 @@ std::vector<Case> Cases() {
        Set32(kRefcountTableClustersOff, 0x10000), {"refcount_table_clusters"}},
       {"RefcountTablePastEof", B::kPlain, C::kInfo, Set32(kRefcountTableClustersOff, 100),
        {"refcount_table"}},
+      // A refcount block past the end of the file was never written; appends
+      // would follow it to 1 TiB. Found by fuzz_open_read.
+      {"RefcountBlockPastEof", B::kPlain, C::kWrite,
+       [](S img) { PokeBe64(img, PeekBe64(img, kRefcountTableOffsetOff) + 8, kFarAway); },
+       {"refcount table entry 1"}},
       {"RefcountOrder7", B::kPlain, C::kInfo, Set32(kRefcountOrderOff, 7), {"refcount_order"}},
       {"NbSnapshotsHuge", B::kPlain, C::kInfo, Set32(kNbSnapshotsOff, 0x100000),
        {"nb_snapshots"}},
@@ -294,6 +300,10 @@ std::string ReadCmd(const TempDir& dir, const std::string& img, const std::strin
          Quote(dir.Path("out.raw"));
 }
 
+std::string WriteCmd(const std::string& img) {
+  return "timeout 20 " + Cli() + " io -f qcow2 -c 'write -P 0x5a 0 4k' " + Quote(img);
+}
+
 class MalformedTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(MalformedTest, RefusedWithOneLineNamingTheField) {
@@ -303,7 +313,9 @@ TEST_P(MalformedTest, RefusedWithOneLineNamingTheField) {
   TempDir dir;
   std::string img = MakeBase(dir, c.base);
   ASSERT_FALSE(HasFailure()) << "image setup failed";
-  std::string cmd = c.check == Check::kInfo ? InfoCmd(img) : ReadCmd(dir, img, c.read_opts);
+  std::string cmd = c.check == Check::kInfo   ? InfoCmd(img)
+                    : c.check == Check::kWrite ? WriteCmd(img)
+                                               : ReadCmd(dir, img, c.read_opts);
   // The refusal must come from the damage: the same command succeeds before it.
   RunResult before = test::Run(cmd);
   ASSERT_TRUE(before.ok()) << "the undamaged image is refused: " << before.Describe();
