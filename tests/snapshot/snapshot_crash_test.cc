@@ -166,6 +166,59 @@ TEST_P(SnapshotCrash, EveryCrashStateIsSafe) {
   }
 }
 
+// A crash during the recovery of a committed snapshot transaction: the
+// replay writes in place and closes the journal; every crash state of that
+// must recover again (replay is idempotent) to the image with the snapshot.
+TEST(SnapshotCrashReplay, CrashDuringTheReplayOfACreateIsSafe) {
+  ASSERT_TRUE(HaveProgram("qemu-img") && HaveProgram("qemu-io"));
+  TempDir dir;
+  std::string img = dir.Path("base.qcow2");
+  Must(test::Run(Cli() + " create -q -f qcow2 " + Quote(img) + " 2M"));
+  Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x11 0 640k' -c 'write -P 0x12 1M 64k' " +
+                 Quote(img)));
+  const std::string data = QemuRead(dir, img, "");
+  // The first state (at a sync) where the transaction is committed.
+  OfflineCrashRun run(img);
+  ASSERT_TRUE(run.Run([&](const std::string& path, Env* env) {
+                    return CreateSnapshot(path, "s1", env);
+                  }).ok());
+  std::string committed = dir.Path("committed.qcow2"), state = dir.Path("state.qcow2");
+  bool found = false;
+  run.ForEachState(state, [&](uint64_t, CrashModel model) {
+    if (found || model != CrashModel::kPrefix || !(PeekBe64(state, 72) & (1ull << 16))) return;
+    found = true;
+    Must(test::Run("cp " + Quote(state) + " " + Quote(committed)));
+  });
+  ASSERT_TRUE(found) << "no crash state holds the committed transaction";
+
+  OfflineCrashRun replay(committed);
+  Status s = replay.Run([&](const std::string& path, Env* env) -> Status {
+    OpenOptions o;
+    o.read_only = false;
+    o.env = env;
+    o.background_checkpoints = false;
+    auto image = Image::Open(path, o);
+    if (!image.ok()) return image.status();
+    return (*image)->Close();
+  });
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  int checked = 0;
+  replay.ForEachState(state, [&](uint64_t, CrashModel) {
+    checked++;
+    OpenOptions o;
+    o.read_only = false;
+    auto image = Image::Open(state, o);
+    ASSERT_TRUE(image.ok()) << image.status().ToString();
+    ASSERT_TRUE((*image)->Close().ok());
+    RunResult check = test::Run("qemu-img check " + Quote(state));
+    ASSERT_EQ(check.exit_code, 0) << check.Describe();
+    ASSERT_EQ(Names(state), std::vector<std::string>{"s1"});
+    ASSERT_TRUE(QemuRead(dir, state, "") == data);
+    ASSERT_TRUE(QemuRead(dir, state, "s1") == data);
+  });
+  EXPECT_GT(checked, 5);
+}
+
 // Syncs of `op` on the image file `img`, run on a CrashEnv that records
 // every one.
 uint64_t SyncsOf(const std::string& img, Op op, const std::string& name) {
