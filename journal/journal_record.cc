@@ -122,6 +122,17 @@ std::string CheckRecord(const JournalRecord& record) {
             return "header update [" + JournalHex(r.offset) + ", +" +
                    JournalHex(r.bytes.size()) + ") is beyond the 2 MiB header cluster";
           }
+        } else if constexpr (std::is_same_v<T, L2CopiedRun>) {
+          if (!TableOffsetOk(r.table_offset)) {
+            return "L2 COPIED run table_offset " + JournalHex(r.table_offset) +
+                   " is zero, unaligned to 512 or beyond 2^56";
+          }
+          if (r.count == 0) return "L2 COPIED run count is zero";
+          if (uint64_t{r.first_index} + r.count > kJournalMaxL2Entries) {
+            return "L2 COPIED run entries [" + std::to_string(r.first_index) + ", +" +
+                   std::to_string(r.count) + ") exceed a table's " +
+                   std::to_string(kJournalMaxL2Entries) + " entries";
+          }
         } else if constexpr (std::is_same_v<T, DataChecksum>) {
           if (r.length == 0 || r.length > kJournalMaxDataChecksumBytes) {
             return "data checksum length " + JournalHex(r.length) + " is not in [1, 4 GiB]";
@@ -154,6 +165,8 @@ size_t BodyBytes(const JournalRecord& record) {
           return 16;
         } else if constexpr (std::is_same_v<T, HeaderUpdate>) {
           return 8 + r.bytes.size();
+        } else if constexpr (std::is_same_v<T, L2CopiedRun>) {
+          return 24;
         } else {
           static_assert(std::is_same_v<T, DataChecksum>);
           return 24;
@@ -173,6 +186,7 @@ JournalRecordType TypeOf(const JournalRecord& record) {
     case 4: return JournalRecordType::kNewTable;
     case 5: return JournalRecordType::kRefcountTableUpdate;
     case 6: return JournalRecordType::kHeaderUpdate;
+    case 8: return JournalRecordType::kL2CopiedRun;
     default: return JournalRecordType::kDataChecksum;
   }
 }
@@ -215,6 +229,11 @@ void EncodeRecord(const JournalRecord& record, std::vector<uint8_t>* out) {
           StoreBE32(b, r.offset);
           StoreBE32(b + 4, static_cast<uint32_t>(r.bytes.size()));
           std::memcpy(b + 8, r.bytes.data(), r.bytes.size());
+        } else if constexpr (std::is_same_v<T, L2CopiedRun>) {
+          StoreBE64(b, r.table_offset);
+          StoreBE32(b + 8, r.first_index);
+          StoreBE32(b + 12, r.count);
+          b[16] = r.set ? 2 : 1;
         } else {
           StoreBE64(b, r.host_offset);
           StoreBE64(b + 8, r.length);
@@ -313,6 +332,19 @@ Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
       QCOW2J_RETURN_IF_ERROR(want(24));
       record = DataChecksum{LoadBE64(b), LoadBE64(b + 8), LoadBE64(b + 16)};
       break;
+    case JournalRecordType::kL2CopiedRun: {
+      QCOW2J_RETURN_IF_ERROR(want(24));
+      if (b[16] != 1 && b[16] != 2) {
+        return FrameCorruption("L2 COPIED run action " + std::to_string(b[16]) +
+                                   " is neither 1 (clear) nor 2 (set)",
+                               at + 8 + 16);
+      }
+      if (!AllZero(b + 17, 7)) {
+        return FrameCorruption("L2 COPIED run reserved bytes are not zero", at + 8 + 17);
+      }
+      record = L2CopiedRun{LoadBE64(b), LoadBE32(b + 8), LoadBE32(b + 12), b[16] == 2};
+      break;
+    }
     default:
       return FrameCorruption("record type " + std::to_string(type) + " is unknown", at);
   }

@@ -30,6 +30,7 @@ enum class JournalRecordType : uint16_t {
   kRefcountTableUpdate = 7,
   kHeaderUpdate = 8,
   kDataChecksum = 9,
+  kL2CopiedRun = 10,
 };
 
 // Entries [first_index, first_index + count) of the L2 table at host offset
@@ -107,8 +108,23 @@ struct DataChecksum {
   bool operator==(const DataChecksum&) const = default;
 };
 
+// The OFLAG_COPIED bit of entries [first_index, first_index + count) of the
+// L2 table at host offset table_offset: cleared in every entry (set =
+// false), or set (set = true) in every entry that maps a host cluster (not
+// compressed, host offset non-zero), the others left alone. Only the flag
+// changes, so one record covers a whole table whatever its entries hold:
+// the offline snapshot operations use it to flip COPIED across the image
+// in one transaction (a 1 TiB image: one record per L2 table, not per entry).
+struct L2CopiedRun {
+  uint64_t table_offset = 0;
+  uint32_t first_index = 0;
+  uint32_t count = 0;
+  bool set = false;
+  bool operator==(const L2CopiedRun&) const = default;
+};
+
 using JournalRecord = std::variant<L2Update, L1Update, RefcountUpdate, RefcountRun, NewTable,
-                                   RefcountTableUpdate, HeaderUpdate, DataChecksum>;
+                                   RefcountTableUpdate, HeaderUpdate, DataChecksum, L2CopiedRun>;
 
 // Bounds checked by the codec (the engine checks offsets against its own
 // cluster size and file when applying).

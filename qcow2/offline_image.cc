@@ -7,6 +7,7 @@
 #include "metadata/hex.h"
 #include "metadata/l2_entry.h"
 #include "metadata/refcount_block.h"
+#include "journal/journal_ring.h"
 
 namespace qcow2j {
 
@@ -347,6 +348,97 @@ std::vector<uint8_t> EncodeL1(const std::vector<uint64_t>& l1) {
   std::vector<uint8_t> raw(l1.size() * 8);
   for (size_t i = 0; i < l1.size(); i++) StoreBE64(raw.data() + 8 * i, l1[i]);
   return raw;
+}
+
+// ---------------------------------------------------------------------------
+// One journal transaction for an offline operation
+
+namespace {
+
+constexpr uint64_t kDefaultAreaBytes = 8ull << 20;  // the engine's default
+
+// The header as it is, with the journal extension `ext` and the session bits.
+Status WriteSessionHeader(OfflineImage& im, const JournalExtension& ext, bool open) {
+  Header h = im.h;
+  h.journal = EncodeJournalExtension(ext);
+  if (open) {
+    h.incompatible_features |= kIncompatJournal;
+    h.autoclear_features |= kAutoclearJournalValid;
+  } else {
+    h.incompatible_features &= ~kIncompatJournal;
+    h.autoclear_features &= ~kAutoclearJournalValid;
+  }
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, SerializeHeader(h));
+  if (bytes.size() > im.cs)
+    return Status::FromErrno(ENOSPC, "the header of '" + im.path + "' does not fit in its first cluster");
+  QCOW2J_RETURN_IF_ERROR(im.file->Write(0, bytes.data(), bytes.size()));
+  im.h = h;
+  return Status::OK();
+}
+
+}  // namespace
+
+std::optional<JournalExtension> OfflineJournalExtension(const OfflineImage& im) {
+  if (!im.h.journal || im.h.version < 3) return std::nullopt;
+  auto ext = DecodeJournalExtension(*im.h.journal, im.cb);
+  if (!ext.ok() || ext->dirty_refcounts() || ext->has_area()) return std::nullopt;
+  return *ext;
+}
+
+JournalExtension OfflineJournalArea(const OfflineImage& im, JournalExtension ext,
+                                    uint64_t area_offset) {
+  ext.area_size = std::max<uint64_t>(ext.area_size ? ext.area_size : kDefaultAreaBytes, 4 * im.cs);
+  ext.sector_size = im.file->alignment() > 512 ? 4096 : 512;
+  ext.area_offset = area_offset;
+  return ext;
+}
+
+Result<OfflineJournal> BeginOfflineJournal(OfflineImage& im, const JournalExtension& ext,
+                                           uint64_t idle_area_size) {
+  QCOW2J_RETURN_IF_ERROR(ValidateJournalExtension(ext, im.cb));
+  OfflineJournal j;
+  j.ext = ext;
+  j.idle_area_size = idle_area_size;
+  QCOW2J_ASSIGN_OR_RETURN(j.sb, FormatJournal(im.file.get(), ext));
+  return j;
+}
+
+bool OfflineJournalFits(const JournalExtension& ext, const std::vector<JournalRecord>& recs) {
+  uint64_t bytes = kJournalFrameHeaderBytes;
+  for (const JournalRecord& r : recs) bytes += EncodedRecordBytes(r);
+  bytes = (bytes + ext.sector_size - 1) / ext.sector_size * ext.sector_size;
+  return bytes <= kJournalMaxFrameBytes && bytes <= ext.ring_bytes();
+}
+
+Status CommitOfflineJournal(OfflineImage& im, const OfflineJournal& j,
+                            const std::vector<JournalRecord>& recs) {
+  TransactionBuilder b;
+  for (const JournalRecord& r : recs) QCOW2J_RETURN_IF_ERROR(b.Add(r));
+  JournalWriter w(im.file.get(), j.ext, j.sb);
+  QCOW2J_ASSIGN_OR_RETURN(std::vector<uint8_t> frame,
+                          b.Finish(w.next_sequence(), w.synced_through(), w.generation(),
+                                   w.sector_size()));
+  QCOW2J_RETURN_IF_ERROR(WriteSessionHeader(im, j.ext, true));
+  uint64_t at = 0;
+  QCOW2J_RETURN_IF_ERROR(w.Append(frame, &at));
+  return w.Sync();  // the commit
+}
+
+Status EndOfflineJournal(OfflineImage& im, const OfflineJournal& j) {
+  JournalExtension idle = j.ext;
+  idle.area_offset = 0;
+  idle.area_size = j.idle_area_size;  // the size the next session allocates
+  QCOW2J_RETURN_IF_ERROR(WriteSessionHeader(im, idle, false));
+  QCOW2J_RETURN_IF_ERROR(im.file->Sync());
+  // The area's refcounts are 0 already (written in place with the rest).
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, im.file->Size());
+  if (j.ext.area_offset + j.ext.area_size >= size) {
+    QCOW2J_RETURN_IF_ERROR(im.file->Truncate(j.ext.area_offset));
+  } else {
+    (void)im.file->PunchHole(j.ext.area_offset, j.ext.area_size);
+  }
+  QCOW2J_ASSIGN_OR_RETURN(im.file_size, im.file->Size());
+  return Status::OK();
 }
 
 }  // namespace qcow2j

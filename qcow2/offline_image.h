@@ -8,11 +8,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "alloc/refcount_manager.h"
+#include "journal/journal_format.h"
+#include "journal/journal_record.h"
 #include "metadata/header.h"
 #include "metadata/snapshot_table.h"
 #include "qcow2/snapshot_ops.h"
@@ -125,6 +128,52 @@ Status FixCopied(OfflineImage& im, RefcountModel& rc);
 // Punches the clusters whose refcount ended at 0 out of the file.
 void PunchFreed(OfflineImage& im, RefcountModel& rc);
 std::vector<uint8_t> EncodeL1(const std::vector<uint64_t>& l1);
+
+// ---- One journal transaction for an offline operation (snapshot create,
+// delete, apply on an image that uses the journal; docs/crash-safety.md,
+// "Internal snapshots"). The operation computes everything in memory, writes
+// the clusters only the transaction will reference (and that are free until
+// it commits), then:
+//   BeginOfflineJournal: formats a new area (the sync also makes those
+//     clusters durable);
+//   CommitOfflineJournal: the header gets the area, incompatible bit 16 and
+//     autoclear bit 16; the frame is appended; ONE sync commits both (either
+//     may land alone: a header with an empty ring closes to nothing, a frame
+//     under a header without the bit is never read);
+//   the operation writes the same changes in place and syncs;
+//   EndOfflineJournal: the header without the bits or the area (sync), and
+//     the area's space is given back.
+// A crash after the commit leaves incompatible bit 16 set: the next
+// read-write open replays the whole transaction (idempotent), before that it
+// replays none of it.
+
+// The image's journal extension, when the operation can use one: the image
+// has the journal and is not in dirty-refcount mode (whose refcounts are
+// rebuilt from the tables after a replay). nullopt: use the ordered path.
+std::optional<JournalExtension> OfflineJournalExtension(const OfflineImage& im);
+
+// The extension of an area of `ext`'s (or the default) size at
+// `area_offset`, with the sector size the file needs.
+JournalExtension OfflineJournalArea(const OfflineImage& im, JournalExtension ext,
+                                    uint64_t area_offset);
+
+struct OfflineJournal {
+  JournalExtension ext;
+  JournalSuperblock sb;
+  uint64_t idle_area_size = 0;  // the extension's area_size to restore at the end
+};
+// Formats the area (a new generation) and syncs. `idle_area_size`: the
+// area_size the extension had (the size the engine's sessions allocate).
+Result<OfflineJournal> BeginOfflineJournal(OfflineImage& im, const JournalExtension& ext,
+                                           uint64_t idle_area_size);
+// Whether a transaction of these records fits the area's ring (and the frame limit).
+bool OfflineJournalFits(const JournalExtension& ext, const std::vector<JournalRecord>& recs);
+// The header switch to the session and the frame, one sync.
+Status CommitOfflineJournal(OfflineImage& im, const OfflineJournal& j,
+                            const std::vector<JournalRecord>& recs);
+// After the changes are written in place (and synced): the header without
+// the session (sync), then the area truncated away or punched.
+Status EndOfflineJournal(OfflineImage& im, const OfflineJournal& j);
 
 }  // namespace qcow2j
 

@@ -306,6 +306,14 @@ class Qcow2Image final : public Image {
   void EncodeResizeFields(uint8_t* out) const;
   // Replay of such a header update: the new size, and the L1 table it names.
   Status ApplyResizeFields(const uint8_t* fields);
+  // Header bytes 60..71 (nb_snapshots, snapshots_offset), switched by a
+  // replayed snapshot operation: the snapshot table is reloaded after the
+  // replay and the fields are written in place by the next checkpoint.
+  bool snapshot_fields_stale_ = false;
+  static constexpr uint32_t kSnapshotFieldsOffset = 60, kSnapshotFieldsBytes = 12;
+  Status ApplySnapshotFields(const uint8_t* fields);
+  // Replay of an L2 COPIED run (journal record type 10).
+  Status ApplyL2CopiedRun(const L2CopiedRun& r);
   // l1_ = the `entries` big-endian entries at `offset` (bounds checked by the caller).
   Status ReadL1Table(uint64_t offset, uint64_t entries);
   // L1 tables named by replayed L1 updates that are not the image's L1 table:

@@ -163,8 +163,15 @@ Status Qcow2Image::CheckpointLocked() {
     EncodeResizeFields(fields);
     QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
   }
+  if (snapshot_fields_stale_) {  // a replayed snapshot operation: its new table was synced before it
+    uint8_t fields[kSnapshotFieldsBytes];
+    StoreBE32(fields, header_.nb_snapshots);
+    StoreBE64(fields + 4, header_.snapshots_offset);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kSnapshotFieldsOffset, fields, sizeof fields));
+  }
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
   header_fields_stale_ = false;
+  snapshot_fields_stale_ = false;
   if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
   // Everything is in place: nothing left to journal.
   refcounts_->ForgetChanges();
@@ -443,6 +450,10 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
   if (const auto* u = std::get_if<HeaderUpdate>(&rec);
       u && u->offset == kResizeFieldsOffset && u->bytes.size() == kResizeFieldsBytes)
     return ApplyResizeFields(u->bytes.data());
+  if (const auto* u = std::get_if<HeaderUpdate>(&rec);
+      u && u->offset == kSnapshotFieldsOffset && u->bytes.size() == kSnapshotFieldsBytes)
+    return ApplySnapshotFields(u->bytes.data());
+  if (const auto* u = std::get_if<L2CopiedRun>(&rec)) return ApplyL2CopiedRun(*u);
   // Refcounts matter only to a writer (and not at all in dirty-refcount
   // mode, where they are rebuilt).
   if (!refcounts_ || jdirty_refcounts_) return Status::OK();
@@ -499,6 +510,54 @@ Status Qcow2Image::ApplyResizeFields(const uint8_t* fields) {
   return Status::OK();
 }
 
+Status Qcow2Image::ApplySnapshotFields(const uint8_t* fields) {
+  const uint32_t nb = LoadBE32(fields);
+  const uint64_t offset = LoadBE64(fields + 4);
+  if (nb > kMaxSnapshots || (nb && (offset == 0 || offset % cluster_size_)))
+    return Status::Corruption("journal: header update to nb_snapshots " + std::to_string(nb) +
+                              ", snapshots_offset " + Hex(offset) + ": too many snapshots or an "
+                              "unaligned table");
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t file_size, file_->Size());
+  if (nb && offset >= file_size)
+    return Status::Corruption("journal: header update to snapshots_offset " + Hex(offset) +
+                              " is outside the image file");
+  header_.nb_snapshots = nb;
+  header_.snapshots_offset = nb ? offset : 0;
+  snapshot_fields_stale_ = true;
+  return Status::OK();
+}
+
+Status Qcow2Image::ApplyL2CopiedRun(const L2CopiedRun& r) {
+  if (r.table_offset == 0 || (r.table_offset & (cluster_size_ - 1)) ||
+      uint64_t{r.first_index} + r.count > (1ull << l2_bits_))
+    return Status::Corruption("journal: L2 COPIED run of table " + Hex(r.table_offset) + " entries " +
+                              std::to_string(r.first_index) + "+" + std::to_string(r.count) +
+                              " is outside an L2 table");
+  uint64_t off = r.table_offset + uint64_t{r.first_index} * l2_entry_bytes_;
+  const uint64_t end = off + uint64_t{r.count} * l2_entry_bytes_;
+  while (off < end) {
+    const uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+    const uint64_t stop = std::min(end, slice_off + slice_bytes_);
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_off, file_.get()));
+    bool changed = false;
+    for (; off < stop; off += l2_entry_bytes_) {
+      uint8_t* e = t->data() + (off - slice_off);
+      const uint64_t raw = LoadBE64(e);
+      // Set: only entries that map a host cluster of their own (the
+      // others are left alone); clear: every entry.
+      const bool maps = !(raw & kOflagCompressed) && (raw & kL2OffsetMask);
+      const uint64_t want = !r.set ? raw & ~kOflagCopied : maps ? raw | kOflagCopied : raw;
+      if (want != raw) {
+        StoreBE64(e, want);
+        changed = true;
+      }
+    }
+    if (changed) l2_cache_->MarkDirty(t);
+    l2_cache_->Release(t);
+  }
+  return Status::OK();
+}
+
 Status Qcow2Image::ReplayJournal() {
   if (!jext_ || !(header_.incompatible_features & kIncompatJournal) || snapshot_index_ >= 0)
     return Status::OK();
@@ -533,6 +592,13 @@ Status Qcow2Image::ReplayJournal() {
                                 Hex(*jreplay_stale_l1_.begin()) + ", which is not the L1 table at " +
                                 Hex(header_.l1_table_offset) + " and which no resize replaced; `qcow2j "
                                 "check -r all` rebuilds the metadata without the journal");
+    if (snapshot_fields_stale_) {
+      // A snapshot operation switched the table: reload it (its clusters were
+      // synced before the transaction committed).
+      QCOW2J_ASSIGN_OR_RETURN(file_size_, file_->Size());
+      QCOW2J_RETURN_IF_ERROR(LoadSnapshots().Annotate("image '" + path_ + "': the snapshot table a "
+                                                      "replayed transaction switched to"));
+    }
     report = DescribeReplay(*plan);
     if (!(header_.autoclear_features & kAutoclearJournalValid))
       report += " (the journal-valid bit was clear; replayed because the journal bit was set)";

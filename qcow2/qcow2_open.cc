@@ -238,6 +238,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
 }
 
 Status Qcow2Image::LoadSnapshots() {
+  snapshots_.clear();
   if (header_.nb_snapshots == 0) return Status::OK();
   // Entries are variable-sized: read up to the largest possible table, bounded by the file.
   uint64_t max_entry = 40 + kMaxSnapshotExtraData + 2 * 65535 + 8;

@@ -10,8 +10,12 @@
 // before the first byte is written, so a refcount overflow (refcount_bits=1)
 // or a corrupt table fails cleanly instead of half way.
 //
-// Crash safety follows QEMU's ordering; each step only ever makes refcounts
-// too high (leaks) or COPIED flags too conservative, never too low:
+// On an image that uses the journal each operation is one journal
+// transaction (CreateJournaled, DeleteJournaled, ApplyJournaled below): a
+// crash leaves all of it or none of it. Otherwise, and when the transaction
+// cannot be built, crash safety follows QEMU's ordering; each step only
+// ever makes refcounts too high (leaks) or COPIED flags too conservative,
+// never too low:
 //   create: refcounts +1 (sync) -> COPIED cleared in the active tree (sync)
 //           -> new snapshot table (sync) -> header switch (sync) -> old
 //           table freed.
@@ -31,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "alloc/refcount_manager.h"
@@ -54,6 +59,7 @@ constexpr size_t kMaxSnapshotNameBytes = UINT16_MAX;
 struct RefcountModel::Block {
   uint64_t offset = 0;
   std::vector<uint8_t> data;
+  std::vector<uint8_t> orig;  // as read from the file (JournalRuns)
   bool dirty = false;
 };
 
@@ -84,6 +90,7 @@ Result<RefcountModel::Block*> RefcountModel::Load(uint64_t bi) {
   b->offset = off;
   b->data.resize(cs);
   QCOW2J_RETURN_IF_ERROR(file_->Read(off, b->data.data(), cs));
+  b->orig = b->data;
   blocks_[bi] = std::move(b);
   return blocks_[bi].get();
 }
@@ -148,6 +155,52 @@ Result<uint64_t> RefcountModel::Get(uint64_t ci) {
     return (uint64_t{p[0]} << 8) | p[1];
   }
   return GetRefcount(b->data, order_, idx);
+}
+
+Result<bool> RefcountModel::Claim(uint64_t ci) {
+  QCOW2J_ASSIGN_OR_RETURN(Block * b, Load(ci >> block_bits_));
+  if (!b) return false;
+  uint64_t idx = ci & ((1ull << block_bits_) - 1);
+  if (GetRefcount(b->data, order_, idx) != 0) return false;
+  SetRefcount(b->data, order_, idx, 1);
+  b->dirty = true;
+  return true;
+}
+
+Status RefcountModel::Set(uint64_t ci, uint64_t value) {
+  QCOW2J_ASSIGN_OR_RETURN(Block * b, Load(ci >> block_bits_));
+  if (!b)
+    return Status::Corruption("cluster at " + Hex(ci << cluster_bits_) + " has no refcount block");
+  SetRefcount(b->data, order_, ci & ((1ull << block_bits_) - 1), value);
+  b->dirty = true;
+  return Status::OK();
+}
+
+void RefcountModel::JournalRuns(std::vector<JournalRecord>* out) const {
+  const uint64_t n = 1ull << block_bits_;
+  for (size_t bi = 0; bi < blocks_.size(); bi++) {
+    const Block* b = blocks_[bi].get();
+    if (!b || !b->dirty) continue;
+    const uint64_t base = uint64_t{bi} << block_bits_;
+    // 16-bit refcounts (QEMU's default) inline: a 1 TiB image is 16 Mi of them.
+    auto get = [this](const std::vector<uint8_t>& d, uint64_t i) -> uint64_t {
+      if (order_ == 4) return (uint64_t{d[2 * i]} << 8) | d[2 * i + 1];
+      return GetRefcount(d, order_, i);
+    };
+    RefcountRun run;
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t v = get(b->data, i);
+      bool changed = v != get(b->orig, i);
+      if (run.count && (!changed || v != run.value || run.first_cluster + run.count != base + i)) {
+        out->push_back(run);
+        run.count = 0;
+      }
+      if (!changed) continue;
+      if (!run.count) run = RefcountRun{base + i, 0, v};
+      run.count++;
+    }
+    if (run.count) out->push_back(run);
+  }
 }
 
 std::vector<RefcountModel::BlockImage> RefcountModel::TakeDirty() {
@@ -247,6 +300,326 @@ Status CheckTableSize(const std::vector<uint8_t>& table) {
   return Status::OK();
 }
 
+// ---------------------------------------------------------------------------
+// The journaled path: one transaction per operation (docs/crash-safety.md,
+// "Internal snapshots"). Each Journaled* function computes the whole
+// operation in memory first and returns false, having written nothing, when
+// the operation cannot be one transaction (no journal, dirty-refcount mode,
+// fresh clusters that would need new refcount structures, or a transaction
+// too large for the ring): the ordered path then runs as before.
+
+// Free clusters right after the end of the file, one run per size (0: none,
+// offset 0), taken in the model from cluster *next on (the end of the file
+// at first; *next moves past them). Only clusters past the end of the file:
+// nothing there can be one this operation frees (still referenced on disk
+// until the commit). nullopt when one of them is not free or has no
+// refcount block (allocating it is the ordered path's job).
+Result<std::optional<std::vector<uint64_t>>> ClaimFresh(OfflineImage& im, RefcountModel& rc,
+                                                        const std::vector<uint64_t>& sizes,
+                                                        uint64_t* next) {
+  uint64_t& ci = *next;
+  std::vector<uint64_t> at;
+  for (uint64_t bytes : sizes) {
+    if (!bytes) {
+      at.push_back(0);
+      continue;
+    }
+    at.push_back(ci << im.cb);
+    for (uint64_t n = im.Clusters(bytes); n; n--, ci++) {
+      QCOW2J_ASSIGN_OR_RETURN(bool ok, rc.Claim(ci));
+      if (!ok) return std::optional<std::vector<uint64_t>>();
+    }
+  }
+  return std::optional<std::vector<uint64_t>>(std::move(at));
+}
+
+// COPIED exactly where the refcount is 1 (FixCopied's rule) in the L2 tables
+// under `l1`, and, when l1_offset is not 0, in the L1 entries of the table
+// there. With `recs`: appends L2 COPIED runs and L1 updates for what changes
+// (nothing is written); without: writes the changes in place (no sync).
+Status PlanCopied(OfflineImage& im, RefcountModel& rc, std::vector<uint64_t>& l1,
+                  uint64_t l1_offset, std::vector<JournalRecord>* recs) {
+  QCOW2J_ASSIGN_OR_RETURN(auto tables, L2Tables(im, l1, "L1 table"));
+  const uint64_t entries = im.cs / im.l2_entry_bytes;
+  QCOW2J_RETURN_IF_ERROR(VisitL2Tables(im, Offsets(tables), recs == nullptr,
+                                       [&](uint64_t off, uint8_t* table) -> Result<bool> {
+    bool changed = false;
+    // Open runs: a set run may span entries a set leaves alone (unmapped,
+    // compressed, or COPIED already), a clear run entries without COPIED.
+    int64_t set_first = -1, set_last = -1, clear_first = -1, clear_last = -1;
+    auto close_set = [&] {
+      if (set_first >= 0 && recs)
+        recs->push_back(L2CopiedRun{off, static_cast<uint32_t>(set_first),
+                                    static_cast<uint32_t>(set_last - set_first + 1), true});
+      set_first = -1;
+    };
+    auto close_clear = [&] {
+      if (clear_first >= 0 && recs)
+        recs->push_back(L2CopiedRun{off, static_cast<uint32_t>(clear_first),
+                                    static_cast<uint32_t>(clear_last - clear_first + 1), false});
+      clear_first = -1;
+    };
+    for (uint64_t j = 0; j < entries; j++) {
+      uint8_t* p = table + j * im.l2_entry_bytes;
+      const uint64_t raw = LoadBE64(p);
+      const bool maps = !(raw & kOflagCompressed) && (raw & kL2OffsetMask);
+      uint64_t want = raw;
+      if (maps) {
+        QCOW2J_ASSIGN_OR_RETURN(uint64_t r, rc.Get((raw & kL2OffsetMask) >> im.cb));
+        want = r == 1 ? (raw | kOflagCopied) : (raw & ~kOflagCopied);
+      } else if (raw & kOflagCopied) {
+        want = raw & ~kOflagCopied;  // never COPIED without a cluster of its own
+      }
+      const int64_t i = static_cast<int64_t>(j);
+      if (want != raw && (want & kOflagCopied)) {  // needs set
+        if (set_first < 0) set_first = i;
+        set_last = i;
+        close_clear();
+      } else if (want != raw) {  // needs clear
+        if (clear_first < 0) clear_first = i;
+        clear_last = i;
+        close_set();
+      } else {
+        // Unchanged: a set run may cover it unless it maps a cluster and
+        // stays without COPIED; a clear run unless it keeps COPIED.
+        if (maps && !(raw & kOflagCopied)) close_set();
+        if (raw & kOflagCopied) close_clear();
+      }
+      if (want != raw && !recs) {
+        StoreBE64(p, want);
+        changed = true;
+      }
+    }
+    close_set();
+    close_clear();
+    return changed;
+  }));
+  if (!l1_offset) return Status::OK();
+  bool l1_changed = false;
+  for (size_t i = 0; i < l1.size(); i++) {
+    uint64_t& e = l1[i];
+    uint64_t off = e & kL1OffsetMask;
+    uint64_t want = e & ~kOflagCopied;
+    if (off) {
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t r, rc.Get(off >> im.cb));
+      if (r == 1) want |= kOflagCopied;
+    }
+    if (want == e) continue;
+    if (recs) {
+      recs->push_back(L1Update{l1_offset, static_cast<uint32_t>(i), want});
+    } else {
+      e = want;
+      l1_changed = true;
+    }
+  }
+  if (l1_changed) {
+    std::vector<uint8_t> raw = EncodeL1(l1);
+    QCOW2J_RETURN_IF_ERROR(im.file->Write(l1_offset, raw.data(), raw.size()));
+  }
+  return Status::OK();
+}
+
+// The journal area, claimed last (after the other fresh clusters, so that
+// the end of the operation truncates it away), just large enough for the
+// transaction: `recs` plus the refcount runs of the model, which are then
+// appended to `recs` (the area's own refcounts included). A small area
+// needs few refcounts, so it rarely lacks a refcount block. nullopt when it
+// cannot be claimed or the frame would exceed the 64 MiB limit.
+Result<std::optional<JournalExtension>> ClaimArea(OfflineImage& im, RefcountModel& rc,
+                                                  const JournalExtension& idle, uint64_t next,
+                                                  std::vector<JournalRecord>* recs) {
+  std::vector<JournalRecord> runs;
+  rc.JournalRuns(&runs);
+  uint64_t bytes = kJournalFrameHeaderBytes;
+  for (const JournalRecord& r : *recs) bytes += EncodedRecordBytes(r);
+  for (const JournalRecord& r : runs) bytes += EncodedRecordBytes(r);
+  JournalExtension area = OfflineJournalArea(im, idle, 0);
+  // The area's refcounts add at most a run per refcount block it spans
+  // (one per 256 clusters of 512 bytes with 16-bit refcounts): room for
+  // one per 8 bytes of ring, and a sector of slack.
+  const uint64_t unit = std::max<uint64_t>(im.cs, area.sector_size);
+  uint64_t need = area.ring_start() + bytes + bytes / 8 + 2 * area.sector_size;
+  need = std::max<uint64_t>(need, 4 * area.sector_size);
+  area.area_size = (need + unit - 1) / unit * unit;
+  if (area.area_size > (4ull << 30)) return std::optional<JournalExtension>();
+  QCOW2J_ASSIGN_OR_RETURN(auto at, ClaimFresh(im, rc, {area.area_size}, &next));
+  if (!at) return std::optional<JournalExtension>();
+  area.area_offset = (*at)[0];
+  rc.JournalRuns(recs);
+  if (!OfflineJournalFits(area, *recs)) return std::optional<JournalExtension>();
+  return std::optional<JournalExtension>(area);
+}
+
+HeaderUpdate SnapshotFields(uint32_t nb, uint64_t offset) {
+  HeaderUpdate u;
+  u.offset = kHdrSnapshots;
+  u.bytes.resize(12);
+  StoreBE32(u.bytes.data(), nb);
+  StoreBE64(u.bytes.data() + 4, offset);
+  return u;
+}
+
+// The end of every journaled operation: the refcounts and the header field
+// written in place (the tables were written by the caller), one sync, then
+// the session closed. The area's refcounts go back to 0 in this write: from
+// the commit on, only a replay (which sets them to 1 again) reads them.
+Status FinishJournaled(OfflineImage& im, RefcountModel& rc, const OfflineJournal& j,
+                       const HeaderUpdate& field) {
+  for (uint64_t c = 0; c < im.Clusters(j.ext.area_size); c++)
+    QCOW2J_RETURN_IF_ERROR(rc.Set((j.ext.area_offset >> im.cb) + c, 0));
+  QCOW2J_RETURN_IF_ERROR(RefcountModel::WriteBlocks(im.file.get(), rc.TakeDirty()));
+  QCOW2J_RETURN_IF_ERROR(im.file->Write(field.offset, field.bytes.data(), field.bytes.size()));
+  QCOW2J_RETURN_IF_ERROR(im.file->Sync());
+  // The header EndOfflineJournal writes is im.h: it must hold the switch.
+  const uint8_t* f = field.bytes.data();
+  if (field.offset == kHdrSnapshots) {
+    im.h.nb_snapshots = LoadBE32(f);
+    im.h.snapshots_offset = LoadBE64(f + 4);
+  } else {
+    im.h.size = LoadBE64(f);
+    im.h.l1_size = LoadBE32(f + 12);
+    im.h.l1_table_offset = LoadBE64(f + 16);
+  }
+  QCOW2J_RETURN_IF_ERROR(EndOfflineJournal(im, j));
+  PunchFreed(im, rc);
+  return Status::OK();
+}
+
+// Create: the snapshot's L1 copy and the new snapshot table are written to
+// free clusters first; the transaction holds +1 for the active tree, the
+// new clusters' refcounts, the old table's release, COPIED cleared in the
+// active tree, and the header switch.
+Result<bool> CreateJournaled(OfflineImage& im, std::vector<SnapshotEntry> entries) {
+  std::optional<JournalExtension> jext = OfflineJournalExtension(im);
+  if (!jext) return false;
+  QCOW2J_ASSIGN_OR_RETURN(RefcountModel rc, NewModel(im));
+  std::vector<uint64_t> copied_tables;
+  QCOW2J_RETURN_IF_ERROR(AddTree(im, rc, im.l1, +1, "active L1 table", &copied_tables));
+  std::vector<uint8_t> table = SerializeSnapshotTable(entries);  // its size, not its bytes
+  uint64_t next = im.Clusters(im.file_size);
+  QCOW2J_ASSIGN_OR_RETURN(auto at, ClaimFresh(im, rc, {uint64_t{im.h.l1_size} * 8, table.size()},
+                                              &next));
+  if (!at) return false;
+  entries.back().l1_table_offset = (*at)[0];
+  table = SerializeSnapshotTable(entries);
+  QCOW2J_RETURN_IF_ERROR(FreeRun(im, rc, im.h.snapshots_offset, im.table_bytes));
+
+  std::vector<JournalRecord> recs;
+  std::sort(copied_tables.begin(), copied_tables.end());
+  const uint32_t per_table = static_cast<uint32_t>(im.cs / im.l2_entry_bytes);
+  for (uint64_t t : copied_tables) recs.push_back(L2CopiedRun{t, 0, per_table, false});
+  std::vector<uint64_t> new_l1 = im.l1;
+  for (size_t i = 0; i < new_l1.size(); i++) {
+    if (!(new_l1[i] & kOflagCopied)) continue;
+    new_l1[i] &= ~kOflagCopied;
+    recs.push_back(L1Update{im.h.l1_table_offset, static_cast<uint32_t>(i), new_l1[i]});
+  }
+  const HeaderUpdate field = SnapshotFields(static_cast<uint32_t>(entries.size()), (*at)[1]);
+  recs.push_back(field);
+  QCOW2J_ASSIGN_OR_RETURN(auto area, ClaimArea(im, rc, *jext, next, &recs));
+  if (!area) return false;
+
+  // The snapshot's L1 table (a copy of the active one; COPIED means nothing
+  // outside the active tree) and the table: durable with the area's format.
+  if (!new_l1.empty()) {
+    std::vector<uint8_t> raw = EncodeL1(new_l1);
+    QCOW2J_RETURN_IF_ERROR(im.file->Write((*at)[0], raw.data(), raw.size()));
+  }
+  QCOW2J_RETURN_IF_ERROR(im.file->Write((*at)[1], table.data(), table.size()));
+  QCOW2J_ASSIGN_OR_RETURN(OfflineJournal j, BeginOfflineJournal(im, *area, jext->area_size));
+  QCOW2J_RETURN_IF_ERROR(CommitOfflineJournal(im, j, recs));
+  // Committed: the same changes in place.
+  QCOW2J_RETURN_IF_ERROR(ClearCopied(im, copied_tables));
+  if (new_l1 != im.l1) {
+    std::vector<uint8_t> raw = EncodeL1(new_l1);
+    QCOW2J_RETURN_IF_ERROR(im.file->Write(im.h.l1_table_offset, raw.data(), raw.size()));
+    im.l1 = std::move(new_l1);
+  }
+  QCOW2J_RETURN_IF_ERROR(FinishJournaled(im, rc, j, field));
+  return true;
+}
+
+// Delete: the new snapshot table is written to free clusters first; the
+// transaction holds -1 for the snapshot's tree, its L1 table and the old
+// table, the new table's refcounts, COPIED set in the active tree where a
+// refcount fell to 1, and the header switch.
+Result<bool> DeleteJournaled(OfflineImage& im, const SnapshotEntry& sn,
+                             const std::vector<uint64_t>& sn_l1,
+                             const std::vector<SnapshotEntry>& entries) {
+  std::optional<JournalExtension> jext = OfflineJournalExtension(im);
+  if (!jext) return false;
+  QCOW2J_ASSIGN_OR_RETURN(RefcountModel rc, NewModel(im));
+  QCOW2J_RETURN_IF_ERROR(AddTree(im, rc, sn_l1, -1, "snapshot " + sn.id + " L1 table", nullptr));
+  QCOW2J_RETURN_IF_ERROR(FreeRun(im, rc, sn.l1_table_offset, uint64_t{sn.l1_size} * 8));
+  QCOW2J_RETURN_IF_ERROR(FreeRun(im, rc, im.h.snapshots_offset, im.table_bytes));
+  std::vector<uint8_t> table = SerializeSnapshotTable(entries);
+  uint64_t next = im.Clusters(im.file_size);
+  QCOW2J_ASSIGN_OR_RETURN(auto at, ClaimFresh(im, rc, {table.size()}, &next));
+  if (!at) return false;
+
+  std::vector<JournalRecord> recs;
+  QCOW2J_RETURN_IF_ERROR(PlanCopied(im, rc, im.l1, im.h.l1_table_offset, &recs));
+  const HeaderUpdate field = SnapshotFields(static_cast<uint32_t>(entries.size()), (*at)[0]);
+  recs.push_back(field);
+  QCOW2J_ASSIGN_OR_RETURN(auto area, ClaimArea(im, rc, *jext, next, &recs));
+  if (!area) return false;
+
+  if (!table.empty()) QCOW2J_RETURN_IF_ERROR(im.file->Write((*at)[0], table.data(), table.size()));
+  QCOW2J_ASSIGN_OR_RETURN(OfflineJournal j, BeginOfflineJournal(im, *area, jext->area_size));
+  QCOW2J_RETURN_IF_ERROR(CommitOfflineJournal(im, j, recs));
+  QCOW2J_RETURN_IF_ERROR(PlanCopied(im, rc, im.l1, im.h.l1_table_offset, nullptr));
+  QCOW2J_RETURN_IF_ERROR(FinishJournaled(im, rc, j, field));
+  return true;
+}
+
+// Apply: the new active L1 table (the snapshot's, with its final COPIED
+// flags) is written to free clusters first; the transaction holds the
+// header switch to it (size, l1_size, l1_table_offset: replay reloads the
+// L1 from it), +1 for the snapshot's tree, -1 for the old active tree and
+// its L1 table, and COPIED fixed in the new active tree.
+Result<bool> ApplyJournaled(OfflineImage& im, const SnapshotEntry& sn,
+                            const std::vector<uint64_t>& sn_l1, uint64_t new_size,
+                            uint32_t new_l1_size) {
+  std::optional<JournalExtension> jext = OfflineJournalExtension(im);
+  if (!jext || new_l1_size == 0) return false;
+  QCOW2J_ASSIGN_OR_RETURN(RefcountModel rc, NewModel(im));
+  QCOW2J_RETURN_IF_ERROR(AddTree(im, rc, sn_l1, +1, "snapshot " + sn.id + " L1 table", nullptr));
+  QCOW2J_RETURN_IF_ERROR(AddTree(im, rc, im.l1, -1, "active L1 table", nullptr));
+  QCOW2J_RETURN_IF_ERROR(FreeRun(im, rc, im.h.l1_table_offset, uint64_t{im.h.l1_size} * 8));
+  uint64_t next = im.Clusters(im.file_size);
+  QCOW2J_ASSIGN_OR_RETURN(auto at, ClaimFresh(im, rc, {uint64_t{new_l1_size} * 8}, &next));
+  if (!at) return false;
+
+  std::vector<uint64_t> new_l1(new_l1_size, 0);
+  for (size_t i = 0; i < sn_l1.size(); i++) new_l1[i] = sn_l1[i] & ~kOflagCopied;
+  for (uint64_t& e : new_l1)
+    if (uint64_t off = e & kL1OffsetMask) {
+      QCOW2J_ASSIGN_OR_RETURN(uint64_t r, rc.Get(off >> im.cb));
+      if (r == 1) e |= kOflagCopied;
+    }
+  std::vector<JournalRecord> recs;
+  HeaderUpdate field;  // size, crypt_method, l1_size, l1_table_offset: bytes 24..47
+  field.offset = kHdrSize;
+  field.bytes.resize(24);
+  StoreBE64(field.bytes.data(), new_size);
+  StoreBE32(field.bytes.data() + 8, im.h.crypt_method);
+  StoreBE32(field.bytes.data() + 12, new_l1_size);
+  StoreBE64(field.bytes.data() + 16, (*at)[0]);
+  recs.push_back(field);  // first: replay reloads the L1 table from the copy
+  QCOW2J_RETURN_IF_ERROR(PlanCopied(im, rc, new_l1, 0, &recs));
+  QCOW2J_ASSIGN_OR_RETURN(auto area, ClaimArea(im, rc, *jext, next, &recs));
+  if (!area) return false;
+
+  std::vector<uint8_t> raw = EncodeL1(new_l1);
+  QCOW2J_RETURN_IF_ERROR(im.file->Write((*at)[0], raw.data(), raw.size()));
+  QCOW2J_ASSIGN_OR_RETURN(OfflineJournal j, BeginOfflineJournal(im, *area, jext->area_size));
+  QCOW2J_RETURN_IF_ERROR(CommitOfflineJournal(im, j, recs));
+  QCOW2J_RETURN_IF_ERROR(PlanCopied(im, rc, new_l1, 0, nullptr));
+  QCOW2J_RETURN_IF_ERROR(FinishJournaled(im, rc, j, field));
+  im.l1 = std::move(new_l1);
+  return true;
+}
+
 Status DoCreate(const std::string& path, const std::string& name, Env* env) {
   if (name.size() > kMaxSnapshotNameBytes)
     return Status::InvalidArgument("snapshot name of " + std::to_string(name.size()) +
@@ -272,6 +645,9 @@ Status DoCreate(const std::string& path, const std::string& name, Env* env) {
   entries.push_back(sn);
   std::vector<uint8_t> table = SerializeSnapshotTable(entries);
   QCOW2J_RETURN_IF_ERROR(CheckTableSize(table));
+
+  QCOW2J_ASSIGN_OR_RETURN(bool journaled, CreateJournaled(im, entries));
+  if (journaled) return Status::OK();
 
   // 1. Space for the snapshot's L1 table and the new snapshot table.
   std::vector<uint64_t> sizes = {uint64_t{im.h.l1_size} * 8, table.size()};
@@ -342,6 +718,8 @@ Status DoDelete(const std::string& path, const std::string& name_or_id, Env* env
   std::vector<SnapshotEntry> entries = im.snapshots;
   entries.erase(entries.begin() + idx);
   std::vector<uint8_t> table = SerializeSnapshotTable(entries);
+  QCOW2J_ASSIGN_OR_RETURN(bool journaled, DeleteJournaled(im, sn, sn_l1, entries));
+  if (journaled) return Status::OK();
 
   std::vector<uint64_t> sizes = {table.size()};
   QCOW2J_ASSIGN_OR_RETURN(std::vector<uint64_t> at, AllocateRuns(im, sizes));
@@ -385,6 +763,8 @@ Status DoApply(const std::string& path, const std::string& name_or_id, Env* env)
     return Status::Corruption("snapshot " + sn.id + " disk size " + std::to_string(new_size) +
                               " needs more L1 entries than its l1_size " +
                               std::to_string(sn.l1_size));
+  QCOW2J_ASSIGN_OR_RETURN(bool journaled, ApplyJournaled(im, sn, sn_l1, new_size, new_l1_size));
+  if (journaled) return Status::OK();
   bool relocate = new_l1_size > im.h.l1_size;
   std::vector<uint64_t> sizes = {relocate ? uint64_t{new_l1_size} * 8 : 0};
   QCOW2J_ASSIGN_OR_RETURN(std::vector<uint64_t> at, AllocateRuns(im, sizes));

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "journal/journal_record.h"
 #include "metadata/snapshot_table.h"
 #include "qcow2j/file.h"
 #include "qcow2j/status.h"
@@ -42,6 +43,14 @@ class RefcountModel {
   // refcount block, InvalidArgument when it would exceed refcount_bits.
   Status Add(uint64_t ci, int64_t delta);
   Result<uint64_t> Get(uint64_t ci);
+  // Takes a free cluster (refcount 0 -> 1): false, and nothing changed, when
+  // its refcount is not 0 or it has no refcount block.
+  Result<bool> Claim(uint64_t ci);
+  // Sets the refcount of a cluster that has a refcount block.
+  Status Set(uint64_t ci, uint64_t value);
+  // Refcount-run records (absolute values) for every refcount that differs
+  // from what the file held when its block was loaded.
+  void JournalRuns(std::vector<JournalRecord>* out) const;
 
   // A copy of every block changed since the last Take, with its offset; the
   // blocks count as clean afterwards.

@@ -1,11 +1,14 @@
 // Internal snapshots of a closed qcow2 image file: the library side of
 // `qcow2j snapshot -c/-a/-d/-l`, after `qemu-img snapshot`. Like qemu-img,
 // these work on an image that nothing else has open: they edit the file's
-// L1/L2 tables, refcounts and snapshot table directly (no engine, no
-// journal), in an order that never loses data if the process dies part
-// way: the worst a crash leaves is leaked clusters and OFLAG_COPIED flags
-// that disagree with a refcount of 1 (both reported by check, both repaired
-// by `check -r all`; docs/crash-safety.md).
+// L1/L2 tables, refcounts and snapshot table directly (no engine). On an
+// image that uses qcow2j's journal each operation is one journal
+// transaction: a crash leaves all of it or none of it (the next read-write
+// open replays it), with no leak and no COPIED mismatch. Otherwise they
+// write in an order that never loses data if the process dies part way:
+// the worst a crash leaves is leaked clusters and OFLAG_COPIED flags that
+// disagree with a refcount of 1 (both reported by check, both repaired by
+// `check -r all`; docs/crash-safety.md).
 #ifndef QCOW2J_SNAPSHOT_H_
 #define QCOW2J_SNAPSHOT_H_
 

@@ -10,7 +10,10 @@
 #include <thread>
 #include <vector>
 
+#include "metadata/endian.h"
 #include "metadata/header.h"
+#include "metadata/l2_entry.h"
+#include "qcow2/offline_image.h"
 #include "qcow2j/image.h"
 #include "tests/util/test_util.h"
 
@@ -255,6 +258,77 @@ TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) 
   ExpectQemuReads(crashed, expect);
   auto check = test::Run(test::Cli() + " check " + test::Quote(crashed));
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+}
+
+// Record type 10 (L2 COPIED run) and the snapshot-table header switch, as
+// the offline snapshot operations commit them: replay applies them, and
+// replaying over a file where they are already in place (a crash after the
+// in-place writes) gives the same image.
+TEST(JournalEngineTest, L2CopiedRunAndSnapshotSwitchReplayIdempotently) {
+  test::TempDir dir;
+  std::string img = dir.Path("a.qcow2");
+  Create(img, 64ull << 20);
+  {
+    auto image = OpenRw(img);
+    ASSERT_TRUE(image);
+    WritePattern(image.get(), 0, 3 * 65536, 0x44);
+    ASSERT_TRUE(image->Close().ok());
+  }
+  uint64_t table = 0, l1_offset = 0;
+  // Commits [clear all entries, set 1..2, set 1..2 again, no snapshots
+  // (nb 0, offset 0)] without writing anything in place.
+  auto commit = [&](const std::string& path, bool in_place) {
+    auto im = OpenOffline(path, nullptr, true);
+    ASSERT_TRUE(im.ok()) << im.status().ToString();
+    table = im->l1[0] & kL1OffsetMask;
+    l1_offset = im->h.l1_table_offset;
+    ASSERT_NE(table, 0u);
+    auto ext = OfflineJournalExtension(*im);
+    ASSERT_TRUE(ext);
+    JournalExtension area = OfflineJournalArea(*im, *ext, (im->file_size + 65535) & ~65535ull);
+    std::vector<JournalRecord> recs;
+    recs.push_back(L2CopiedRun{table, 0, 8192, false});
+    recs.push_back(L2CopiedRun{table, 1, 2, true});
+    recs.push_back(L2CopiedRun{table, 1, 2, true});
+    recs.push_back(L1Update{l1_offset, 0, im->l1[0] & ~kOflagCopied});
+    HeaderUpdate h;
+    h.offset = 60;
+    h.bytes.assign(12, 0);
+    recs.push_back(h);
+    auto j = BeginOfflineJournal(*im, area, ext->area_size);
+    ASSERT_TRUE(j.ok()) << j.status().ToString();
+    Status s = CommitOfflineJournal(*im, *j, recs);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    if (in_place) {  // what the operation writes after its commit
+      uint8_t e[8];
+      ASSERT_TRUE(im->file->Read(table, e, 8).ok());
+      StoreBE64(e, LoadBE64(e) & ~kOflagCopied);
+      ASSERT_TRUE(im->file->Write(table, e, 8).ok());
+      StoreBE64(e, im->l1[0] & ~kOflagCopied);
+      ASSERT_TRUE(im->file->Write(l1_offset, e, 8).ok());
+      ASSERT_TRUE(im->file->Sync().ok());
+    }
+  };
+  std::string a = CrashCopy(img, "replay.qcow2"), b = CrashCopy(img, "again.qcow2");
+  commit(a, false);
+  commit(b, true);
+  EXPECT_NE(Incompatible(a) & kIncompatJournal, 0u);
+  for (const std::string& path : {a, b}) {
+    auto rw = OpenRw(path);
+    ASSERT_TRUE(rw);
+    EXPECT_NE(rw->Info().recovery_report.find("journal: replayed 1 transaction"), std::string::npos)
+        << rw->Info().recovery_report;
+    ASSERT_TRUE(rw->Close().ok());
+    EXPECT_EQ(Incompatible(path) & kIncompatJournal, 0u);
+    EXPECT_EQ(test::PeekBe64(path, l1_offset) & kOflagCopied, 0u);
+    EXPECT_EQ(test::PeekBe64(path, table) & kOflagCopied, 0u) << "entry 0: cleared";
+    EXPECT_NE(test::PeekBe64(path, table + 8) & kOflagCopied, 0u) << "entry 1: set again";
+    EXPECT_NE(test::PeekBe64(path, table + 16) & kOflagCopied, 0u) << "entry 2: set again";
+    EXPECT_EQ(test::PeekBe64(path, table + 24), 0u) << "entry 3: unmapped, left alone";
+    ExpectQemuReads(path, {{0, 3 * 65536, 0x44}});
+  }
+  auto cmp = test::Run("cmp " + test::Quote(a) + " " + test::Quote(b));
+  EXPECT_EQ(cmp.exit_code, 0) << "replay over the in-place writes differs from replay alone";
 }
 
 // A resize that outgrows the L1 table is one transaction: the header on

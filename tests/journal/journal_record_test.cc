@@ -150,6 +150,46 @@ TEST(JournalRecordTest, BuilderRejectsRecordsTheDecoderWould) {
   }
 }
 
+// Type 10 (the offline snapshot operations' COPIED flips): round trip, the
+// codec bounds, and a checksummed record that breaks them.
+TEST(JournalRecordTest, L2CopiedRunRoundTripsAndIsChecked) {
+  const L2CopiedRun clear{0x50000, 0, 8192, false}, set{0x60000, 16, 4, true};
+  for (const JournalRecord& r : {JournalRecord(clear), JournalRecord(set)}) {
+    EXPECT_EQ(EncodedRecordBytes(r), 32u);
+    const std::vector<uint8_t> f = Frame({r}, 5, 512, 4);
+    ASSERT_EQ(LoadBE16(f.data() + 64), 10u);
+    Result<JournalFrame> back = DecodeTransaction(f, 5, kGen, 512);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    ASSERT_EQ(back->records.size(), 1u);
+    EXPECT_EQ(back->records[0], r);
+  }
+  // Action byte: 1 clear, 2 set.
+  EXPECT_EQ(Frame({clear}, 5)[64 + 8 + 16], 1);
+  EXPECT_EQ(Frame({set}, 5)[64 + 8 + 16], 2);
+  for (const L2CopiedRun& bad : {L2CopiedRun{0, 0, 1, false}, L2CopiedRun{0x10100, 0, 1, true},
+                                 L2CopiedRun{0x10000, 0, 0, true},
+                                 L2CopiedRun{0x10000, kJournalMaxL2Entries - 1, 2, false}}) {
+    TransactionBuilder b;
+    EXPECT_EQ(b.Add(bad).code(), Code::kInvalidArgument);
+    EXPECT_TRUE(b.empty());
+  }
+  struct Case {
+    const char* what;
+    size_t at;
+    uint8_t value;
+  };
+  for (const Case& c : {Case{"action", 64 + 8 + 16, 3}, Case{"action", 64 + 8 + 16, 0},
+                        Case{"reserved", 64 + 8 + 23, 1}, Case{"count is zero", 64 + 8 + 15, 0}}) {
+    std::vector<uint8_t> f = Frame({set}, 5);
+    f[c.at] = c.value;
+    Reseal(&f);
+    Result<JournalFrame> r = DecodeTransaction(f, 5, kGen, 512);
+    ASSERT_FALSE(r.ok()) << c.what;
+    EXPECT_EQ(r.status().code(), Code::kCorruption) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(c.what), std::string::npos) << r.status().ToString();
+  }
+}
+
 TEST(JournalRecordTest, FinishChecksItsArguments) {
   TransactionBuilder b;
   EXPECT_FALSE(b.Finish(0, 0, kGen, 512).ok());

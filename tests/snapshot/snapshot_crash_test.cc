@@ -10,16 +10,19 @@
 //     image (no COPIED flag ever claims a cluster a snapshot still uses);
 //   - qemu-img check -r all makes clean.
 // The journaled scenarios make the image with qcow2j (journal on, closed
-// cleanly) and overwrite each crash state through our engine, which starts a
-// journal session on it: the offline operations never meet live journal
-// frames (they refuse incompatible bit 16), and a session that starts after
-// a crash formats a new generation, so nothing from before is replayed over
-// what the operation wrote.
+// cleanly): there each operation is one journal transaction, so every
+// crash state, once our engine has opened it read-write (which replays a
+// committed transaction, or closes an empty journal) and closed it, must be
+// exactly the image before or after the operation: qemu-img check finds
+// nothing at all (no leak, no COPIED mismatch), the snapshot is fully there
+// or fully absent, and the data is intact. They then overwrite each state
+// through our engine, which starts a new journal session on it.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
+#include "qcow2j/image.h"
 #include "qcow2j/snapshot.h"
 #include "util/offline_crash.h"
 #include "util/test_util.h"
@@ -102,9 +105,32 @@ TEST_P(SnapshotCrash, EveryCrashStateIsSafe) {
   ASSERT_GT(run.crash().op_count(), 3u);
 
   std::string state = dir.Path("state.qcow2");
-  int checked = 0;
+  int checked = 0, applied = 0;
   run.ForEachState(state, [&](uint64_t, CrashModel) {
     checked++;
+    if (sc.journaled) {
+      // Recovery: a read-write open replays a committed transaction.
+      OpenOptions o;
+      o.read_only = false;
+      auto image = Image::Open(state, o);
+      ASSERT_TRUE(image.ok()) << image.status().ToString();
+      ASSERT_TRUE((*image)->Close().ok());
+      RunResult check = test::Run("qemu-img check " + Quote(state));
+      ASSERT_EQ(check.exit_code, 0) << "not clean (leaks or COPIED mismatches): " << check.Describe();
+      // All or nothing: the snapshot list and the active image agree on
+      // whether the operation happened.
+      std::vector<std::string> names = Names(state);
+      std::string active = QemuRead(dir, state, "");
+      bool done = sc.op == Op::kCreate   ? names.size() == 1
+                  : sc.op == Op::kDelete ? names.empty()
+                                         : active == after;
+      ASSERT_LE(names.size(), 1u);
+      if (sc.op == Op::kApply) {
+        ASSERT_EQ(names.size(), 1u);
+      }
+      ASSERT_TRUE(active == (done ? after : before)) << "active image is not the one the snapshot list says";
+      applied += done;
+    }
     RunResult check = test::Run("qemu-img check " + Quote(state));
     ASSERT_TRUE(check.exit_code == 0 || check.exit_code == 2 || check.exit_code == 3)
         << check.Describe();
@@ -134,6 +160,63 @@ TEST_P(SnapshotCrash, EveryCrashStateIsSafe) {
     ASSERT_TRUE(repair.exit_code == 0) << repair.Describe();
   });
   EXPECT_GT(checked, 5);
+  if (sc.journaled) {
+    EXPECT_GT(applied, 0);
+    EXPECT_LT(applied, checked);
+  }
+}
+
+// A crash during the recovery of a committed snapshot transaction: the
+// replay writes in place and closes the journal; every crash state of that
+// must recover again (replay is idempotent) to the image with the snapshot.
+TEST(SnapshotCrashReplay, CrashDuringTheReplayOfACreateIsSafe) {
+  ASSERT_TRUE(HaveProgram("qemu-img") && HaveProgram("qemu-io"));
+  TempDir dir;
+  std::string img = dir.Path("base.qcow2");
+  Must(test::Run(Cli() + " create -q -f qcow2 " + Quote(img) + " 2M"));
+  Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x11 0 640k' -c 'write -P 0x12 1M 64k' " +
+                 Quote(img)));
+  const std::string data = QemuRead(dir, img, "");
+  // The first state (at a sync) where the transaction is committed.
+  OfflineCrashRun run(img);
+  ASSERT_TRUE(run.Run([&](const std::string& path, Env* env) {
+                    return CreateSnapshot(path, "s1", env);
+                  }).ok());
+  std::string committed = dir.Path("committed.qcow2"), state = dir.Path("state.qcow2");
+  bool found = false;
+  run.ForEachState(state, [&](uint64_t, CrashModel model) {
+    if (found || model != CrashModel::kPrefix || !(PeekBe64(state, 72) & (1ull << 16))) return;
+    found = true;
+    Must(test::Run("cp " + Quote(state) + " " + Quote(committed)));
+  });
+  ASSERT_TRUE(found) << "no crash state holds the committed transaction";
+
+  OfflineCrashRun replay(committed);
+  Status s = replay.Run([&](const std::string& path, Env* env) -> Status {
+    OpenOptions o;
+    o.read_only = false;
+    o.env = env;
+    o.background_checkpoints = false;
+    auto image = Image::Open(path, o);
+    if (!image.ok()) return image.status();
+    return (*image)->Close();
+  });
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  int checked = 0;
+  replay.ForEachState(state, [&](uint64_t, CrashModel) {
+    checked++;
+    OpenOptions o;
+    o.read_only = false;
+    auto image = Image::Open(state, o);
+    ASSERT_TRUE(image.ok()) << image.status().ToString();
+    ASSERT_TRUE((*image)->Close().ok());
+    RunResult check = test::Run("qemu-img check " + Quote(state));
+    ASSERT_EQ(check.exit_code, 0) << check.Describe();
+    ASSERT_EQ(Names(state), std::vector<std::string>{"s1"});
+    ASSERT_TRUE(QemuRead(dir, state, "") == data);
+    ASSERT_TRUE(QemuRead(dir, state, "s1") == data);
+  });
+  EXPECT_GT(checked, 5);
 }
 
 // Syncs of `op` on the image file `img`, run on a CrashEnv that records
@@ -150,24 +233,34 @@ uint64_t SyncsOf(const std::string& img, Op op, const std::string& name) {
 // does the same few syncs whether 16 or 1024 clusters are mapped.
 TEST(SnapshotSyncs, BoundedAndIndependentOfTheMappedClusters) {
   TempDir dir;
-  std::vector<std::vector<uint64_t>> counts;
-  for (const char* mapped : {"1M", "64M"}) {
-    std::string img = dir.Path(std::string("img") + mapped + ".qcow2");
-    Must(test::Run(Cli() + " create -q -f qcow2 " + Quote(img) + " 128M"));
-    Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x31 0 " + mapped + "' " + Quote(img)));
-    Must(test::Run(Cli() + " snapshot -c s1 " + Quote(img)));
-    Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x32 0 64k' " + Quote(img)));
-    std::vector<uint64_t> c;
-    c.push_back(SyncsOf(img, Op::kCreate, "s2"));
-    c.push_back(SyncsOf(img, Op::kApply, "s1"));
-    c.push_back(SyncsOf(img, Op::kDelete, "s1"));
-    for (uint64_t n : c) {
-      EXPECT_GE(n, 3u);
-      EXPECT_LE(n, 8u);
+  for (bool journaled : {true, false}) {
+    // journal=off: the ordered path (as on QEMU-made images).
+    const std::string opts = journaled ? "" : " -o journal=off";
+    std::vector<std::vector<uint64_t>> counts;
+    for (const char* mapped : {"1M", "64M"}) {
+      std::string img = dir.Path(std::string("img") + mapped + (journaled ? "j" : "o") + ".qcow2");
+      Must(test::Run(Cli() + " create -q -f qcow2" + opts + " " + Quote(img) + " 128M"));
+      Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x31 0 " + mapped + "' " + Quote(img)));
+      Must(test::Run(Cli() + " snapshot -c s1 " + Quote(img)));
+      Must(test::Run(Cli() + " io -f qcow2 -c 'write -P 0x32 0 64k' " + Quote(img)));
+      std::vector<uint64_t> c;
+      c.push_back(SyncsOf(img, Op::kCreate, "s2"));
+      c.push_back(SyncsOf(img, Op::kApply, "s1"));
+      c.push_back(SyncsOf(img, Op::kDelete, "s1"));
+      for (uint64_t n : c) {
+        if (journaled) {
+          // One transaction each: the area's format, the commit, the
+          // in-place writes, the header closing the session.
+          EXPECT_EQ(n, 4u);
+        } else {
+          EXPECT_GE(n, 3u);
+          EXPECT_LE(n, 8u);
+        }
+      }
+      counts.push_back(c);
     }
-    counts.push_back(c);
+    EXPECT_EQ(counts[0], counts[1]);
   }
-  EXPECT_EQ(counts[0], counts[1]);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -178,7 +271,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Scenario{"delete_extl2", Op::kDelete, "extended_l2=on"},
                       Scenario{"create_journaled", Op::kCreate, "", true},
                       Scenario{"apply_journaled", Op::kApply, "", true},
-                      Scenario{"delete_journaled", Op::kDelete, "", true}),
+                      Scenario{"delete_journaled", Op::kDelete, "", true},
+                      Scenario{"create512_journaled", Op::kCreate, "cluster_size=512", true},
+                      Scenario{"delete_extl2_journaled", Op::kDelete, "extended_l2=on", true}),
     [](const ::testing::TestParamInfo<Scenario>& i) { return std::string(i.param.name); });
 
 }  // namespace

@@ -484,26 +484,35 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Config>& i) { return std::string(i.param.name); });
 
 // W9: a snapshot of a 1 TiB image whose every cluster is mapped, ours vs
-// qemu-img (~1 min of I/O; run with --gtest_also_run_disabled_tests).
+// qemu-img (~1 min of I/O; run with --gtest_also_run_disabled_tests), on an
+// image made by qemu-img (the ordered path) and on one made by qcow2j with
+// its journal (one journal transaction per operation).
 TEST(SnapshotPerf, DISABLED_W9FullyMapped1TiB) {
-  TempDir dir;
-  std::string base = dir.Path("base.qcow2"), o = dir.Path("o.qcow2"), q = dir.Path("q.qcow2");
-  Must(test::Run("qemu-img create -q -f qcow2 -o preallocation=metadata " + Quote(base) + " 1T"));
-  Must(test::Run("cp --sparse=always " + Quote(base) + " " + Quote(o)));
-  Must(test::Run("cp --sparse=always " + Quote(base) + " " + Quote(q)));
-  auto timed = [](const std::string& cmd) {
-    auto t0 = std::chrono::steady_clock::now();
-    Must(test::Run(cmd));
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  double oc = timed(Quote(Cli()) + " snapshot -c s1 " + Quote(o));
-  double qc = timed("qemu-img snapshot -c s1 " + Quote(q));
-  double od = timed(Quote(Cli()) + " snapshot -d s1 " + Quote(o));
-  double qd = timed("qemu-img snapshot -d s1 " + Quote(q));
-  std::printf("W9 create: qcow2j %.2f s, qemu-img %.2f s (%.3fx)\n", oc, qc, oc / qc);
-  std::printf("W9 delete: qcow2j %.2f s, qemu-img %.2f s (%.3fx)\n", od, qd, od / qd);
-  EXPECT_LE(oc, 0.15 * qc);
-  ExpectClean(o, "W9");
+  for (bool journaled : {false, true}) {
+    TempDir dir;
+    std::string base = dir.Path("base.qcow2"), o = dir.Path("o.qcow2"), q = dir.Path("q.qcow2");
+    Must(test::Run((journaled ? Quote(Cli()) : std::string("qemu-img")) +
+                   " create -q -f qcow2 -o preallocation=metadata " + Quote(base) + " 1T"));
+    Must(test::Run("cp --sparse=always " + Quote(base) + " " + Quote(o)));
+    Must(test::Run("cp --sparse=always " + Quote(base) + " " + Quote(q)));
+    auto timed = [](const std::string& cmd) {
+      auto t0 = std::chrono::steady_clock::now();
+      Must(test::Run(cmd));
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    double oc = timed(Quote(Cli()) + " snapshot -c s1 " + Quote(o));
+    double qc = timed("qemu-img snapshot -c s1 " + Quote(q));
+    double od = timed(Quote(Cli()) + " snapshot -d s1 " + Quote(o));
+    double qd = timed("qemu-img snapshot -d s1 " + Quote(q));
+    const char* kind = journaled ? "journaled" : "qemu-made";
+    std::printf("W9 create (%s): qcow2j %.2f s, qemu-img %.2f s (%.3fx)\n", kind, oc, qc, oc / qc);
+    std::printf("W9 delete (%s): qcow2j %.2f s, qemu-img %.2f s (%.3fx)\n", kind, od, qd, od / qd);
+    // Delete is printed only: here it runs on what create left in the page
+    // cache, which flatters qemu-img's delete (scripts/bench-snapshot.sh
+    // times it on fresh copies, as W9 does).
+    EXPECT_LE(oc, 0.15 * qc) << kind;
+    ExpectClean(o, "W9");
+  }
 }
 
 }  // namespace
