@@ -395,6 +395,9 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
 }
 
 Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
+  // Most records of a long journal are data checksums (one per write):
+  // used when reading, nothing to apply.
+  if (std::holds_alternative<DataChecksum>(rec)) return Status::OK();
   if (const auto* u = std::get_if<L2Update>(&rec)) {
     if (u->extended != header_.extended_l2())
       return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
@@ -405,15 +408,19 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
       return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
                                 " entries " + std::to_string(u->first_index) + "+" +
                                 std::to_string(u->count()) + " is outside an L2 table");
-    for (uint32_t i = 0; i < u->count(); i++) {
-      uint64_t off = u->table_offset + (uint64_t{u->first_index} + i) * l2_entry_bytes_;
-      uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+    // One cache lookup per slice, not per entry.
+    const uint32_t words = u->extended ? 2 : 1;
+    for (uint32_t i = 0; i < u->count();) {
+      const uint64_t off = u->table_offset + (uint64_t{u->first_index} + i) * l2_entry_bytes_;
+      const uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+      const uint32_t in_slice = std::min<uint64_t>(u->count() - i, (slice_off + slice_bytes_ - off) / l2_entry_bytes_);
       QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_off, file_.get()));
       uint8_t* e = t->data() + (off - slice_off);
-      StoreBE64(e, u->entries[u->extended ? 2 * i : i]);
-      if (u->extended) StoreBE64(e + 8, u->entries[2 * i + 1]);
+      const uint64_t* src = u->entries.data() + size_t{i} * words;
+      for (uint32_t k = 0; k < in_slice * words; k++) StoreBE64(e + 8 * k, src[k]);
       l2_cache_->MarkDirty(t);
       l2_cache_->Release(t);
+      i += in_slice;
     }
     return Status::OK();
   }
