@@ -180,6 +180,26 @@ Status Qcow2Image::CheckpointLocked() {
   return Status::OK();
 }
 
+Status Qcow2Image::WriteReplayedTablesLocked() {
+  // As CheckpointLocked, minus the syncs and the tail move (recovery has no
+  // journal writer: the header write that ends the session retires the ring).
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
+  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+  QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
+  QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
+  if (header_fields_stale_) {
+    uint8_t fields[kResizeFieldsBytes];
+    EncodeResizeFields(fields);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
+  }
+  header_fields_stale_ = false;
+  refcounts_->ForgetChanges();
+  jcheckpoints_++;
+  return Status::OK();
+}
+
 Status Qcow2Image::JournalFlushLocked() {
   const bool meta = !jl2_.empty() || !jl1_.empty() || refcounts_->has_changes() ||
                     !decrements_.empty() || !jnew_tables_.empty() || jheader_changed_;
@@ -350,18 +370,22 @@ void Qcow2Image::StopCheckpointer() {
   if (checkpointer_.joinable()) checkpointer_.join();
 }
 
-Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
-  // The ring is empty (CheckpointLocked ran). Free the area, then clear the
+Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean, bool after_replay) {
+  // The ring is empty (CheckpointLocked ran), or after a replay everything
+  // it holds was just written in place. Free the area, sync, then clear the
   // bits and the area in one header write: a crash before that write leaves
-  // an empty journal that recovery closes the same way.
+  // an empty journal that recovery closes the same way, or (after a replay)
+  // the whole journal, which replay applies again (idempotent; the area's
+  // clusters are not reused before the header write, and refcount 0 on disk
+  // does not stop replay from reading them).
   if (jext_->has_area()) {
     if (metadata_map_) metadata_map_->Remove(jext_->area_offset, MetadataKind::kJournal);  // overlap-guard
     QCOW2J_RETURN_IF_ERROR(
         refcounts_->ReplaySet(jext_->area_offset >> cluster_bits_, jext_->area_size >> cluster_bits_, 0));
     QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
     refcounts_->ForgetChanges();
-    QCOW2J_RETURN_IF_ERROR(file_->Sync());
   }
+  if (jext_->has_area() || after_replay) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   const JournalExtension area = *jext_;
   JournalExtension idle = *jext_;
   idle.area_offset = 0;  // area_size stays: the size the next session allocates
@@ -386,7 +410,7 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
     QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
     if (area.area_offset + area.area_size >= size && area.area_offset + area.area_size >= refcounts_->end_offset()) {
       QCOW2J_RETURN_IF_ERROR(file_->Truncate(area.area_offset));
-    } else {
+    } else if (!after_replay) {
       Status s = file_->PunchHole(area.area_offset, area.area_size);
       if (!s.ok() && s.code() != Code::kNotSupported) return s;
     }
@@ -550,11 +574,15 @@ Status Qcow2Image::ReplayJournal() {
     recovery_report_ = report + " in memory (read-only open; the image is unchanged)";
     return Status::OK();
   }
-  // Write the result in place and close the journal as a clean close would.
-  // A crash meanwhile leaves the bit set: replay is idempotent.
+  // Write the result in place and close the journal as a clean close would,
+  // in two syncs: the tables with the area's release, then the header. A
+  // checkpoint's own ordering (refcounts, sync, tables, sync, tail, sync) is
+  // not needed here: every byte written is a committed record that the ring
+  // keeps until the header write, so a crash anywhere before it leaves the
+  // bit set and replay writes the same values again.
   const bool was_dirty = header_.incompatible_features & kIncompatDirty;
-  QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
-  QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty));
+  QCOW2J_RETURN_IF_ERROR(WriteReplayedTablesLocked());
+  QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty, /*after_replay=*/true));
   recovery_report_ = report;
   return Status::OK();
 }
