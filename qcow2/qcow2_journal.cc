@@ -538,6 +538,7 @@ Status Qcow2Image::ReplayJournal() {
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
           for (const JournalRecord& r : t.records) {
+            if (std::holds_alternative<DataChecksum>(r)) continue;  // nothing to apply
             Status s = ApplyJournalRecord(r);
             if (!s.ok())
               return s.Annotate("image '" + path_ + "': replaying journal transaction " +
