@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
+#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -49,7 +51,8 @@ inline void* Allocate(size_t bytes) {
     return reinterpret_cast<void*>(aligned);
   }
 #endif
-  void* p = std::malloc(bytes ? bytes : 1);
+  // Zeroed, like a fresh mapping: HugePageAllocator relies on it.
+  void* p = std::calloc(bytes ? bytes : 1, 1);
   if (!p) throw std::bad_alloc();
   return p;
 }
@@ -81,10 +84,52 @@ struct HugePageAllocator {
   }
   void deallocate(T* p, size_t n) { huge_pages::Free(p, n * sizeof(T)); }
 
+  // Memory comes zeroed (a fresh mapping, or calloc), so a value-initialised
+  // element of a trivial type is not written again: resize(n) of a vector
+  // that must reallocate touches no new page (writing the zeros would
+  // fault every page in only to store what the kernel already stored).
+  // CAUTION: resize(n) within the capacity (after shrinking) then leaves
+  // the old values; use resize(n, value) there.
+  template <class U>
+  void construct(U* p) noexcept {
+    if constexpr (!std::is_trivially_default_constructible_v<U>) ::new (static_cast<void*>(p)) U();
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+
   template <class U>
   bool operator==(const HugePageAllocator<U>&) const {
     return true;
   }
+};
+
+// A read buffer that only grows and is never zero-filled (every byte used is
+// read into it first), in huge pages from 2 MiB up.
+class HugeBuffer {
+ public:
+  HugeBuffer() = default;
+  HugeBuffer(const HugeBuffer&) = delete;
+  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  ~HugeBuffer() { huge_pages::Free(data_, size_); }
+
+  // At least n bytes; the contents are undefined afterwards. May throw
+  // std::bad_alloc.
+  uint8_t* Reserve(size_t n) {
+    if (n > size_) {
+      uint8_t* p = static_cast<uint8_t*>(huge_pages::Allocate(n));
+      huge_pages::Free(data_, size_);
+      data_ = p;
+      size_ = n;
+    }
+    return data_;
+  }
+  uint8_t* data() { return data_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 }  // namespace qcow2j

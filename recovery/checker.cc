@@ -49,7 +49,10 @@ const char* ClusterUseName(ClusterUse use) {
 namespace {
 
 constexpr uint64_t kHugeFileSize = 1ull << 62;
-constexpr uint64_t kMaxBatchBytes = 32ull << 20;  // one sequential read
+// One sequential read (the kernel reads ahead). Not larger: the buffer's
+// pages are zeroed by the kernel when first touched, and 32 MiB of them were
+// a tenth of a 1 TiB check.
+constexpr uint64_t kMaxBatchBytes = 4ull << 20;
 constexpr uint64_t kMaxBatchGap = 1ull << 20;     // read over holes smaller than this
 constexpr uint64_t kAllocMask = 0xffffffffull;
 
@@ -200,7 +203,12 @@ class Scanner {
     QCOW2J_RETURN_IF_ERROR(r_->computed.Resize(n));
     QCOW2J_RETURN_IF_ERROR(r_->ondisk.Resize(n));
     try {
-      owner_.assign(n, ClusterUse::kFree);
+      static_assert(static_cast<int>(ClusterUse::kFree) == 0);
+      if (owner_.empty() && owner_.capacity() < n) {
+        owner_.resize(n);  // zeroed memory: kFree, no page touched
+      } else {
+        owner_.assign(n, ClusterUse::kFree);
+      }
     } catch (const std::bad_alloc&) {
       return Status::Aborted("cannot allocate the cluster map");
     }
@@ -322,14 +330,11 @@ class Scanner {
         end = std::max(end, items[j].first + cs_);
         ++j;
       }
-      // Grow only: shrinking and growing again would zero-fill it each time.
-      if (buf.size() < end - start) {
-        try {
-          buf.resize(end - start);
-        } catch (const std::bad_alloc&) {
-          return Status::Aborted("cannot allocate " + std::to_string(end - start) +
-                                 " bytes to read " + HexStr(start));
-        }
+      try {
+        buf.Reserve(end - start);
+      } catch (const std::bad_alloc&) {
+        return Status::Aborted("cannot allocate " + std::to_string(end - start) +
+                               " bytes to read " + HexStr(start));
       }
       Status s = file_->Read(start, buf.data(), end - start);
       if (!s.ok()) return s.Annotate("reading " + std::to_string(end - start) + " bytes at " + HexStr(start));
@@ -921,7 +926,7 @@ class Scanner {
   ClusterOwners owner_;
   // ReadBatched's buffer, kept across its calls (refcount blocks, L2
   // tables): up to kMaxBatchBytes, faulted in once, in huge pages.
-  std::vector<uint8_t, HugePageAllocator<uint8_t>> batch_buf_;
+  HugeBuffer batch_buf_;
   std::vector<L2Ref> l2_refs_;
   std::unordered_map<uint64_t, size_t> l2_index_;
 };

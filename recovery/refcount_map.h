@@ -20,7 +20,14 @@ class RefcountMap {
   // Grows (or shrinks) to n clusters; new clusters start at 0.
   Status Resize(uint64_t n) {
     try {
-      small_.resize(n, 0);
+      // Past the capacity the new memory comes zeroed (HugePageAllocator):
+      // resize(n) leaves it untouched, so only the pages counted in get
+      // faulted in. Within the capacity the old values must be cleared.
+      if (n > small_.capacity()) {
+        small_.resize(n);
+      } else {
+        small_.resize(n, 0);
+      }
     } catch (const std::bad_alloc&) {
       return Status::Aborted("cannot allocate the refcount array for " + std::to_string(n) +
                              " clusters");
