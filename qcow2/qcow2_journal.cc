@@ -186,7 +186,7 @@ Status Qcow2Image::WriteReplayedTablesLocked() {
   QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
   if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
   if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(/*replayed=*/true));
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
   if (header_fields_stale_) {
@@ -382,7 +382,7 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean, bool after_repl
     if (metadata_map_) metadata_map_->Remove(jext_->area_offset, MetadataKind::kJournal);  // overlap-guard
     QCOW2J_RETURN_IF_ERROR(
         refcounts_->ReplaySet(jext_->area_offset >> cluster_bits_, jext_->area_size >> cluster_bits_, 0));
-    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(after_replay));
     refcounts_->ForgetChanges();
   }
   if (jext_->has_area() || after_replay) QCOW2J_RETURN_IF_ERROR(file_->Sync());
