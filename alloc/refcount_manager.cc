@@ -261,19 +261,23 @@ void RefcountManager::ReleasePendingFrees() {
   pending_free_.clear();
 }
 
-Status RefcountManager::WriteBack() {
+Status RefcountManager::WriteBack(bool replayed) {
   // Blocks first, then the table that points at them, then the header that
   // points at the table: each step only references what is already written.
   QCOW2J_RETURN_IF_ERROR(cache_->FlushDirty());
   if (!table_dirty_) return Status::OK();
   // A table entry must never reach the disk before the block it points at
   // (a crash would leave the entry pointing at zeros: refcounts too low).
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  // After a replay it may: such a crash leaves the journal bit set, and
+  // replay zeroes the new block (its new-table record) and restores its
+  // refcounts before anything reads them.
+  const bool moved = table_offset_ != cfg_.refcount_table_offset || table_clusters_ != cfg_.refcount_table_clusters;
+  if (!replayed || moved) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   std::vector<uint8_t> raw(table_.size() * 8);
   for (size_t i = 0; i < table_.size(); i++) StoreBE64(raw.data() + i * 8, table_[i]);
   QCOW2J_RETURN_IF_ERROR(Guard(table_offset_, raw.size(), MetadataKind::kRefcountTable));  // overlap-guard
   QCOW2J_RETURN_IF_ERROR(file_->Write(table_offset_, raw.data(), raw.size()));
-  if (table_offset_ != cfg_.refcount_table_offset || table_clusters_ != cfg_.refcount_table_clusters) {
+  if (moved) {
     QCOW2J_RETURN_IF_ERROR(file_->Sync());
     QCOW2J_RETURN_IF_ERROR(cfg_.update_header(table_offset_, table_clusters_));
     cfg_.refcount_table_offset = table_offset_;

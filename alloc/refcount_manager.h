@@ -60,8 +60,13 @@ class RefcountManager {
   // Clusters whose refcount reached 0 become reusable (call once the
   // metadata that freed them is durable).
   void ReleasePendingFrees();
-  // Writes every dirty refcount block (and a grown table).
-  Status WriteBack();
+  // Writes every dirty refcount block (and a grown table). `replayed`: every
+  // change being written is a committed journal record that a crash would
+  // replay (open-time recovery), so a table kept in place may be written
+  // without first syncing the blocks it points at; a moved table still
+  // waits for a sync before the header names it (an open reads the table
+  // before any replay).
+  Status WriteBack(bool replayed = false);
   bool dirty() const { return table_dirty_ || cache_->dirty_count() > 0; }
 
   // ---- the metadata journal ----

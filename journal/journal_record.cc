@@ -57,94 +57,95 @@ uint64_t FrameChecksum(std::span<const uint8_t> frame) {
 bool TableOffsetOk(uint64_t off) { return off != 0 && off % 512 == 0 && off < kMaxHostOffset; }
 
 // The rules a record must meet to be encodable and decodable. Returns an
-// empty string when it does, else "field value: why".
+// empty string when it does, else "field value: why". Called on the concrete
+// record by the decoder (no visit per record: replay decodes millions).
+template <class T>
+inline std::string CheckFields(const T& r) {
+  if constexpr (std::is_same_v<T, L2Update>) {
+    if (!TableOffsetOk(r.table_offset)) {
+      return "L2 update table_offset " + JournalHex(r.table_offset) +
+             " is zero, unaligned to 512 or beyond 2^56";
+    }
+    if (r.extended && r.entries.size() % 2 != 0) {
+      return "extended L2 update has an odd number of words " +
+             std::to_string(r.entries.size());
+    }
+    const uint64_t max = r.extended ? kJournalMaxL2Entries / 2 : kJournalMaxL2Entries;
+    if (r.count() == 0) return "L2 update count is zero";
+    if (uint64_t{r.first_index} + r.count() > max) {
+      return "L2 update entries [" + std::to_string(r.first_index) + ", +" +
+             std::to_string(r.count()) + ") exceed a table's " + std::to_string(max) +
+             " entries";
+    }
+  } else if constexpr (std::is_same_v<T, L1Update>) {
+    if (!TableOffsetOk(r.table_offset)) {
+      return "L1 update table_offset " + JournalHex(r.table_offset) +
+             " is zero, unaligned to 512 or beyond 2^56";
+    }
+    if (r.index >= kMaxL1Entries) {
+      return "L1 update index " + std::to_string(r.index) + " exceeds the L1 size limit";
+    }
+  } else if constexpr (std::is_same_v<T, RefcountUpdate>) {
+    if (r.cluster_index >= kMaxClusterIndex) {
+      return "refcount update cluster_index " + JournalHex(r.cluster_index) +
+             " is beyond 2^56 bytes";
+    }
+  } else if constexpr (std::is_same_v<T, RefcountRun>) {
+    if (r.count == 0) return "refcount run count is zero";
+    if (r.first_cluster >= kMaxClusterIndex || r.count > kMaxClusterIndex - r.first_cluster) {
+      return "refcount run [" + JournalHex(r.first_cluster) + ", +" + JournalHex(r.count) +
+             ") is beyond 2^56 bytes";
+    }
+  } else if constexpr (std::is_same_v<T, NewTable>) {
+    if (r.kind != JournalTableKind::kL2Table && r.kind != JournalTableKind::kRefcountBlock) {
+      return "new table kind " + std::to_string(static_cast<unsigned>(r.kind)) +
+             " is unknown";
+    }
+    if (!TableOffsetOk(r.host_offset)) {
+      return "new table host_offset " + JournalHex(r.host_offset) +
+             " is zero, unaligned to 512 or beyond 2^56";
+    }
+  } else if constexpr (std::is_same_v<T, RefcountTableUpdate>) {
+    if (r.index >= kMaxRefcountTableEntries) {
+      return "refcount table update index " + std::to_string(r.index) +
+             " exceeds the refcount table size limit";
+    }
+    if (r.block_offset % 512 != 0 || r.block_offset >= kMaxHostOffset) {
+      return "refcount table update block_offset " + JournalHex(r.block_offset) +
+             " is unaligned to 512 or beyond 2^56";
+    }
+  } else if constexpr (std::is_same_v<T, HeaderUpdate>) {
+    if (r.bytes.empty()) return "header update is empty";
+    if (r.bytes.size() > kJournalMaxHeaderBytes ||
+        r.offset > kJournalMaxHeaderBytes - r.bytes.size()) {
+      return "header update [" + JournalHex(r.offset) + ", +" +
+             JournalHex(r.bytes.size()) + ") is beyond the 2 MiB header cluster";
+    }
+  } else if constexpr (std::is_same_v<T, L2CopiedRun>) {
+    if (!TableOffsetOk(r.table_offset)) {
+      return "L2 COPIED run table_offset " + JournalHex(r.table_offset) +
+             " is zero, unaligned to 512 or beyond 2^56";
+    }
+    if (r.count == 0) return "L2 COPIED run count is zero";
+    if (uint64_t{r.first_index} + r.count > kJournalMaxL2Entries) {
+      return "L2 COPIED run entries [" + std::to_string(r.first_index) + ", +" +
+             std::to_string(r.count) + ") exceed a table's " +
+             std::to_string(kJournalMaxL2Entries) + " entries";
+    }
+  } else if constexpr (std::is_same_v<T, DataChecksum>) {
+    if (r.length == 0 || r.length > kJournalMaxDataChecksumBytes) {
+      return "data checksum length " + JournalHex(r.length) + " is not in [1, 4 GiB]";
+    }
+    if (r.host_offset >= kMaxHostOffset || r.length > kMaxHostOffset - r.host_offset) {
+      return "data checksum range [" + JournalHex(r.host_offset) + ", +" +
+             JournalHex(r.length) + ") is beyond 2^56";
+    }
+  }
+  return std::string();
+}
+
 std::string CheckRecord(const JournalRecord& record) {
-  return std::visit(
-      [](const auto& r) -> std::string {
-        using T = std::decay_t<decltype(r)>;
-        if constexpr (std::is_same_v<T, L2Update>) {
-          if (!TableOffsetOk(r.table_offset)) {
-            return "L2 update table_offset " + JournalHex(r.table_offset) +
-                   " is zero, unaligned to 512 or beyond 2^56";
-          }
-          if (r.extended && r.entries.size() % 2 != 0) {
-            return "extended L2 update has an odd number of words " +
-                   std::to_string(r.entries.size());
-          }
-          const uint64_t max = r.extended ? kJournalMaxL2Entries / 2 : kJournalMaxL2Entries;
-          if (r.count() == 0) return "L2 update count is zero";
-          if (uint64_t{r.first_index} + r.count() > max) {
-            return "L2 update entries [" + std::to_string(r.first_index) + ", +" +
-                   std::to_string(r.count()) + ") exceed a table's " + std::to_string(max) +
-                   " entries";
-          }
-        } else if constexpr (std::is_same_v<T, L1Update>) {
-          if (!TableOffsetOk(r.table_offset)) {
-            return "L1 update table_offset " + JournalHex(r.table_offset) +
-                   " is zero, unaligned to 512 or beyond 2^56";
-          }
-          if (r.index >= kMaxL1Entries) {
-            return "L1 update index " + std::to_string(r.index) + " exceeds the L1 size limit";
-          }
-        } else if constexpr (std::is_same_v<T, RefcountUpdate>) {
-          if (r.cluster_index >= kMaxClusterIndex) {
-            return "refcount update cluster_index " + JournalHex(r.cluster_index) +
-                   " is beyond 2^56 bytes";
-          }
-        } else if constexpr (std::is_same_v<T, RefcountRun>) {
-          if (r.count == 0) return "refcount run count is zero";
-          if (r.first_cluster >= kMaxClusterIndex || r.count > kMaxClusterIndex - r.first_cluster) {
-            return "refcount run [" + JournalHex(r.first_cluster) + ", +" + JournalHex(r.count) +
-                   ") is beyond 2^56 bytes";
-          }
-        } else if constexpr (std::is_same_v<T, NewTable>) {
-          if (r.kind != JournalTableKind::kL2Table && r.kind != JournalTableKind::kRefcountBlock) {
-            return "new table kind " + std::to_string(static_cast<unsigned>(r.kind)) +
-                   " is unknown";
-          }
-          if (!TableOffsetOk(r.host_offset)) {
-            return "new table host_offset " + JournalHex(r.host_offset) +
-                   " is zero, unaligned to 512 or beyond 2^56";
-          }
-        } else if constexpr (std::is_same_v<T, RefcountTableUpdate>) {
-          if (r.index >= kMaxRefcountTableEntries) {
-            return "refcount table update index " + std::to_string(r.index) +
-                   " exceeds the refcount table size limit";
-          }
-          if (r.block_offset % 512 != 0 || r.block_offset >= kMaxHostOffset) {
-            return "refcount table update block_offset " + JournalHex(r.block_offset) +
-                   " is unaligned to 512 or beyond 2^56";
-          }
-        } else if constexpr (std::is_same_v<T, HeaderUpdate>) {
-          if (r.bytes.empty()) return "header update is empty";
-          if (r.bytes.size() > kJournalMaxHeaderBytes ||
-              r.offset > kJournalMaxHeaderBytes - r.bytes.size()) {
-            return "header update [" + JournalHex(r.offset) + ", +" +
-                   JournalHex(r.bytes.size()) + ") is beyond the 2 MiB header cluster";
-          }
-        } else if constexpr (std::is_same_v<T, L2CopiedRun>) {
-          if (!TableOffsetOk(r.table_offset)) {
-            return "L2 COPIED run table_offset " + JournalHex(r.table_offset) +
-                   " is zero, unaligned to 512 or beyond 2^56";
-          }
-          if (r.count == 0) return "L2 COPIED run count is zero";
-          if (uint64_t{r.first_index} + r.count > kJournalMaxL2Entries) {
-            return "L2 COPIED run entries [" + std::to_string(r.first_index) + ", +" +
-                   std::to_string(r.count) + ") exceed a table's " +
-                   std::to_string(kJournalMaxL2Entries) + " entries";
-          }
-        } else if constexpr (std::is_same_v<T, DataChecksum>) {
-          if (r.length == 0 || r.length > kJournalMaxDataChecksumBytes) {
-            return "data checksum length " + JournalHex(r.length) + " is not in [1, 4 GiB]";
-          }
-          if (r.host_offset >= kMaxHostOffset || r.length > kMaxHostOffset - r.host_offset) {
-            return "data checksum range [" + JournalHex(r.host_offset) + ", +" +
-                   JournalHex(r.length) + ") is beyond 2^56";
-          }
-        }
-        return std::string();
-      },
-      record);
+  return std::visit([](const auto& r) { return CheckFields(r); }, record);
 }
 
 size_t BodyBytes(const JournalRecord& record) {
@@ -265,13 +266,31 @@ Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
                            at + 4);
   }
   const uint8_t* b = p + kRecordPrefixBytes;
-  auto want = [&](size_t n) -> Status {
-    if (body != n) {
-      return FrameCorruption("record type " + std::to_string(type) + " body length " +
-                                 std::to_string(body) + " is not " + std::to_string(n),
-                             at + 4);
+  auto bad_length = [&](uint64_t n) {
+    return FrameCorruption("record type " + std::to_string(type) + " body length " +
+                               std::to_string(body) + " is not " + std::to_string(n),
+                           at + 4);
+  };
+  // Fills the slot with a T (reusing it when it holds one already) and
+  // checks the codec bounds on the concrete type: no visit, no Status and no
+  // string built unless something is wrong.
+  Status status;
+  auto put = [&]<class T>(T value) -> bool {
+    T* r = std::get_if<T>(out);
+    if (r) *r = value;
+    else r = &out->template emplace<T>(value);
+    // Data checksums are most records of a long journal: their bounds are
+    // checked inline, CheckFields (out of line) only builds the message.
+    if constexpr (std::is_same_v<T, DataChecksum>) {
+      if (r->length - 1 < kJournalMaxDataChecksumBytes && r->host_offset < kMaxHostOffset &&
+          r->length <= kMaxHostOffset - r->host_offset) {
+        return true;
+      }
     }
-    return Status::OK();
+    std::string bad = CheckFields(*r);
+    if (bad.empty()) return true;
+    status = FrameCorruption(bad, at);
+    return false;
   };
   JournalRecord& record = *out;
   switch (static_cast<JournalRecordType>(type)) {
@@ -281,7 +300,7 @@ Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
       const bool extended = type == static_cast<uint16_t>(JournalRecordType::kL2UpdateExtended);
       const uint32_t count = LoadBE32(b + 12);
       const uint64_t words = uint64_t{count} * (extended ? 2 : 1);
-      QCOW2J_RETURN_IF_ERROR(want(16 + 8 * words));
+      if (body != 16 + 8 * words) return bad_length(16 + 8 * words);
       L2Update* r = std::get_if<L2Update>(&record);
       if (!r) r = &record.emplace<L2Update>();
       r->extended = extended;
@@ -289,51 +308,52 @@ Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
       r->first_index = LoadBE32(b + 8);
       r->entries.resize(words);
       for (size_t i = 0; i < words; i++) r->entries[i] = LoadBE64(b + 16 + 8 * i);
+      if (std::string bad = CheckFields(*r); !bad.empty()) return FrameCorruption(bad, at);
       break;
     }
-    case JournalRecordType::kL1Update: {
-      QCOW2J_RETURN_IF_ERROR(want(24));
+    case JournalRecordType::kL1Update:
+      if (body != 24) return bad_length(24);
       if (LoadBE32(b + 12) != 0) {
         return FrameCorruption("L1 update reserved field is not zero", at + 8 + 12);
       }
-      record = L1Update{LoadBE64(b), LoadBE32(b + 8), LoadBE64(b + 16)};
+      if (!put(L1Update{LoadBE64(b), LoadBE32(b + 8), LoadBE64(b + 16)})) return status;
       break;
-    }
     case JournalRecordType::kRefcountUpdate:
-      QCOW2J_RETURN_IF_ERROR(want(16));
-      record = RefcountUpdate{LoadBE64(b), LoadBE64(b + 8)};
+      if (body != 16) return bad_length(16);
+      if (!put(RefcountUpdate{LoadBE64(b), LoadBE64(b + 8)})) return status;
       break;
     case JournalRecordType::kRefcountRun:
-      QCOW2J_RETURN_IF_ERROR(want(24));
-      record = RefcountRun{LoadBE64(b), LoadBE64(b + 8), LoadBE64(b + 16)};
+      if (body != 24) return bad_length(24);
+      if (!put(RefcountRun{LoadBE64(b), LoadBE64(b + 8), LoadBE64(b + 16)})) return status;
       break;
     case JournalRecordType::kNewTable:
-      QCOW2J_RETURN_IF_ERROR(want(16));
+      if (body != 16) return bad_length(16);
       if (!AllZero(b + 1, 7)) {
         return FrameCorruption("new table reserved bytes are not zero", at + 8 + 1);
       }
-      record = NewTable{static_cast<JournalTableKind>(b[0]), LoadBE64(b + 8)};
+      if (!put(NewTable{static_cast<JournalTableKind>(b[0]), LoadBE64(b + 8)})) return status;
       break;
     case JournalRecordType::kRefcountTableUpdate:
-      QCOW2J_RETURN_IF_ERROR(want(16));
-      record = RefcountTableUpdate{LoadBE64(b), LoadBE64(b + 8)};
+      if (body != 16) return bad_length(16);
+      if (!put(RefcountTableUpdate{LoadBE64(b), LoadBE64(b + 8)})) return status;
       break;
     case JournalRecordType::kHeaderUpdate: {
       if (body < 8) return FrameCorruption("header update body too short", at + 4);
       const uint32_t len = LoadBE32(b + 4);
-      QCOW2J_RETURN_IF_ERROR(want(8 + uint64_t{len}));
+      if (body != 8 + uint64_t{len}) return bad_length(8 + uint64_t{len});
       HeaderUpdate* r = std::get_if<HeaderUpdate>(&record);
       if (!r) r = &record.emplace<HeaderUpdate>();
       r->offset = LoadBE32(b);
       r->bytes.assign(b + 8, b + 8 + len);
+      if (std::string bad = CheckFields(*r); !bad.empty()) return FrameCorruption(bad, at);
       break;
     }
     case JournalRecordType::kDataChecksum:
-      QCOW2J_RETURN_IF_ERROR(want(24));
-      record = DataChecksum{LoadBE64(b), LoadBE64(b + 8), LoadBE64(b + 16)};
+      if (body != 24) return bad_length(24);
+      if (!put(DataChecksum{LoadBE64(b), LoadBE64(b + 8), LoadBE64(b + 16)})) return status;
       break;
     case JournalRecordType::kL2CopiedRun: {
-      QCOW2J_RETURN_IF_ERROR(want(24));
+      if (body != 24) return bad_length(24);
       if (b[16] != 1 && b[16] != 2) {
         return FrameCorruption("L2 COPIED run action " + std::to_string(b[16]) +
                                    " is neither 1 (clear) nor 2 (set)",
@@ -342,14 +362,14 @@ Status DecodeRecord(std::span<const uint8_t> payload, size_t* pos, size_t base,
       if (!AllZero(b + 17, 7)) {
         return FrameCorruption("L2 COPIED run reserved bytes are not zero", at + 8 + 17);
       }
-      record = L2CopiedRun{LoadBE64(b), LoadBE32(b + 8), LoadBE32(b + 12), b[16] == 2};
+      if (!put(L2CopiedRun{LoadBE64(b), LoadBE32(b + 8), LoadBE32(b + 12), b[16] == 2})) {
+        return status;
+      }
       break;
     }
     default:
       return FrameCorruption("record type " + std::to_string(type) + " is unknown", at);
   }
-  const std::string bad = CheckRecord(record);
-  if (!bad.empty()) return FrameCorruption(bad, at);
   *pos += kRecordPrefixBytes + body;
   return Status::OK();
 }

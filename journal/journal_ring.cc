@@ -184,13 +184,16 @@ Status JournalReader::Fetch(uint64_t pos, size_t n, const uint8_t** out) {
     const size_t len = static_cast<size_t>(
         std::min<uint64_t>(std::max<size_t>(n, kReadAhead), ext_.area_size - pos));
     if (len < n) return Status::Corruption("journal frame runs past the area end");
-    if (buf_.size() < len) buf_.resize(len);
+    if (buf_size_ < len) {
+      buf_.reset(new uint8_t[len]);
+      buf_size_ = len;
+    }
     window_len_ = 0;  // invalid until the read succeeds
-    QCOW2J_RETURN_IF_ERROR(file_->Read(ext_.area_offset + pos, buf_.data(), len));
+    QCOW2J_RETURN_IF_ERROR(file_->Read(ext_.area_offset + pos, buf_.get(), len));
     window_pos_ = pos;
     window_len_ = len;
   }
-  *out = buf_.data() + (pos - window_pos_);
+  *out = buf_.get() + (pos - window_pos_);
   return Status::OK();
 }
 

@@ -336,8 +336,16 @@ class Qcow2Image final : public Image {
   Status ReplayJournal();
   Status ApplyJournalRecord(const JournalRecord& r);
   Status StartJournalSessionLocked();
-  // Frees the area and clears the journal bits (the ring must be empty).
-  Status EndJournalSessionLocked(bool refcounts_clean);
+  // Frees the area and clears the journal bits (the ring must be empty, or
+  // everything it holds written in place and not yet synced: the sync that
+  // makes the area's release durable makes those writes durable too). A
+  // recovery (`after_replay`) leaves the freed area's bytes in the file
+  // unless they end it: punching a long ring costs more than the rest of
+  // the open, and the clusters are free (refcount 0) for the next allocation.
+  Status EndJournalSessionLocked(bool refcounts_clean, bool after_replay = false);
+  // Writes every table replay changed in place, without syncing (for
+  // EndJournalSessionLocked to sync once).
+  Status WriteReplayedTablesLocked();
   // Journal flush: one transaction, one sync (checkpoints past the threshold).
   Status JournalFlushLocked();
   // Writes every dirty table in place (refcounts, sync, L2 and L1, sync) and

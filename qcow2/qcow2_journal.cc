@@ -187,6 +187,26 @@ Status Qcow2Image::CheckpointLocked() {
   return Status::OK();
 }
 
+Status Qcow2Image::WriteReplayedTablesLocked() {
+  // As CheckpointLocked, minus the syncs and the tail move (recovery has no
+  // journal writer: the header write that ends the session retires the ring).
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
+  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(/*replayed=*/true));
+  QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
+  QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
+  if (header_fields_stale_) {
+    uint8_t fields[kResizeFieldsBytes];
+    EncodeResizeFields(fields);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
+  }
+  header_fields_stale_ = false;
+  refcounts_->ForgetChanges();
+  jcheckpoints_++;
+  return Status::OK();
+}
+
 Status Qcow2Image::JournalFlushLocked() {
   const bool meta = !jl2_.empty() || !jl1_.empty() || refcounts_->has_changes() ||
                     !decrements_.empty() || !jnew_tables_.empty() || jheader_changed_;
@@ -357,18 +377,22 @@ void Qcow2Image::StopCheckpointer() {
   if (checkpointer_.joinable()) checkpointer_.join();
 }
 
-Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
-  // The ring is empty (CheckpointLocked ran). Free the area, then clear the
+Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean, bool after_replay) {
+  // The ring is empty (CheckpointLocked ran), or after a replay everything
+  // it holds was just written in place. Free the area, sync, then clear the
   // bits and the area in one header write: a crash before that write leaves
-  // an empty journal that recovery closes the same way.
+  // an empty journal that recovery closes the same way, or (after a replay)
+  // the whole journal, which replay applies again (idempotent; the area's
+  // clusters are not reused before the header write, and refcount 0 on disk
+  // does not stop replay from reading them).
   if (jext_->has_area()) {
     if (metadata_map_) metadata_map_->Remove(jext_->area_offset, MetadataKind::kJournal);  // overlap-guard
     QCOW2J_RETURN_IF_ERROR(
         refcounts_->ReplaySet(jext_->area_offset >> cluster_bits_, jext_->area_size >> cluster_bits_, 0));
-    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
+    QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(after_replay));
     refcounts_->ForgetChanges();
-    QCOW2J_RETURN_IF_ERROR(file_->Sync());
   }
+  if (jext_->has_area() || after_replay) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   const JournalExtension area = *jext_;
   JournalExtension idle = *jext_;
   idle.area_offset = 0;  // area_size stays: the size the next session allocates
@@ -393,7 +417,7 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
     QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
     if (area.area_offset + area.area_size >= size && area.area_offset + area.area_size >= refcounts_->end_offset()) {
       QCOW2J_RETURN_IF_ERROR(file_->Truncate(area.area_offset));
-    } else {
+    } else if (!after_replay) {
       Status s = file_->PunchHole(area.area_offset, area.area_size);
       if (!s.ok() && s.code() != Code::kNotSupported) return s;
     }
@@ -402,6 +426,9 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean) {
 }
 
 Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
+  // Most records of a long journal are data checksums (one per write):
+  // used when reading, nothing to apply.
+  if (std::holds_alternative<DataChecksum>(rec)) return Status::OK();
   if (const auto* u = std::get_if<L2Update>(&rec)) {
     if (u->extended != header_.extended_l2())
       return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
@@ -412,15 +439,19 @@ Status Qcow2Image::ApplyJournalRecord(const JournalRecord& rec) {
       return Status::Corruption("journal: L2 update of table " + Hex(u->table_offset) +
                                 " entries " + std::to_string(u->first_index) + "+" +
                                 std::to_string(u->count()) + " is outside an L2 table");
-    for (uint32_t i = 0; i < u->count(); i++) {
-      uint64_t off = u->table_offset + (uint64_t{u->first_index} + i) * l2_entry_bytes_;
-      uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+    // One cache lookup per slice, not per entry.
+    const uint32_t words = u->extended ? 2 : 1;
+    for (uint32_t i = 0; i < u->count();) {
+      const uint64_t off = u->table_offset + (uint64_t{u->first_index} + i) * l2_entry_bytes_;
+      const uint64_t slice_off = off & ~uint64_t{slice_bytes_ - 1};
+      const uint32_t in_slice = std::min<uint64_t>(u->count() - i, (slice_off + slice_bytes_ - off) / l2_entry_bytes_);
       QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_off, file_.get()));
       uint8_t* e = t->data() + (off - slice_off);
-      StoreBE64(e, u->entries[u->extended ? 2 * i : i]);
-      if (u->extended) StoreBE64(e + 8, u->entries[2 * i + 1]);
+      const uint64_t* src = u->entries.data() + size_t{i} * words;
+      for (uint32_t k = 0; k < in_slice * words; k++) StoreBE64(e + 8 * k, src[k]);
       l2_cache_->MarkDirty(t);
       l2_cache_->Release(t);
+      i += in_slice;
     }
     return Status::OK();
   }
@@ -566,6 +597,7 @@ Status Qcow2Image::ReplayJournal() {
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
           for (const JournalRecord& r : t.records) {
+            if (std::holds_alternative<DataChecksum>(r)) continue;  // nothing to apply
             Status s = ApplyJournalRecord(r);
             if (!s.ok())
               return s.Annotate("image '" + path_ + "': replaying journal transaction " +
@@ -609,11 +641,15 @@ Status Qcow2Image::ReplayJournal() {
     recovery_report_ = report + " in memory (read-only open; the image is unchanged)";
     return Status::OK();
   }
-  // Write the result in place and close the journal as a clean close would.
-  // A crash meanwhile leaves the bit set: replay is idempotent.
+  // Write the result in place and close the journal as a clean close would,
+  // in two syncs: the tables with the area's release, then the header. A
+  // checkpoint's own ordering (refcounts, sync, tables, sync, tail, sync) is
+  // not needed here: every byte written is a committed record that the ring
+  // keeps until the header write, so a crash anywhere before it leaves the
+  // bit set and replay writes the same values again.
   const bool was_dirty = header_.incompatible_features & kIncompatDirty;
-  QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
-  QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty));
+  QCOW2J_RETURN_IF_ERROR(WriteReplayedTablesLocked());
+  QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty, /*after_replay=*/true));
   recovery_report_ = report;
   return Status::OK();
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "metadata/header.h"
+#include "metadata/huge_page_allocator.h"
 #include "qcow2j/check.h"
 #include "qcow2j/file.h"
 #include "recovery/refcount_map.h"
@@ -39,6 +40,9 @@ enum class ClusterUse : uint8_t {
   kCompressed,
 };
 const char* ClusterUseName(ClusterUse use);
+
+// One ClusterUse per host cluster of the file.
+using ClusterOwners = std::vector<ClusterUse, HugePageAllocator<ClusterUse>>;
 
 // An 8-byte big-endian word of the file that repair rewrites (an L1 or L2
 // entry, an extended L2 bitmap word).
@@ -94,7 +98,7 @@ struct ScanResult {
 
   // Per host cluster, what its first reference says it holds (salvage uses
   // it to tell data from metadata).
-  std::vector<ClusterUse> owners;
+  ClusterOwners owners;
 };
 
 // Runs one pass. A Status error means the check cannot be done at all

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "metadata/huge_page_allocator.h"
 #include "qcow2j/status.h"
 
 namespace qcow2j {
@@ -19,7 +20,14 @@ class RefcountMap {
   // Grows (or shrinks) to n clusters; new clusters start at 0.
   Status Resize(uint64_t n) {
     try {
-      small_.resize(n, 0);
+      // Past the capacity the new memory comes zeroed (HugePageAllocator):
+      // resize(n) leaves it untouched, so only the pages counted in get
+      // faulted in. Within the capacity the old values must be cleared.
+      if (n > small_.capacity()) {
+        small_.resize(n);
+      } else {
+        small_.resize(n, 0);
+      }
     } catch (const std::bad_alloc&) {
       return Status::Aborted("cannot allocate the refcount array for " + std::to_string(n) +
                              " clusters");
@@ -56,6 +64,29 @@ class RefcountMap {
     Set(i, cur + 1);
     return true;
   }
+  // Sets [first, first + count) from big-endian 16-bit refcounts (a
+  // refcount block of refcount_order 4), without a per-entry lookup of the
+  // large counts unless this map holds some.
+  void SetFromBE16(uint64_t first, const uint8_t* p, uint64_t count) {
+    if (!big_.empty()) {
+      for (uint64_t j = 0; j < count; ++j) Set(first + j, uint64_t{p[2 * j]} << 8 | p[2 * j + 1]);
+      return;
+    }
+    uint16_t* out = small_.data() + first;
+    for (uint64_t j = 0; j < count; ++j) {
+      const uint16_t v = static_cast<uint16_t>(p[2 * j] << 8 | p[2 * j + 1]);
+      if (v == kBig) {
+        Set(first + j, v);  // 65535 itself does not fit the small array
+      } else {
+        out[j] = v;
+      }
+    }
+  }
+  // True when no count is 65535 or more: then two maps whose small arrays
+  // agree byte for byte over a range agree on every count there.
+  bool all_small() const { return big_.empty(); }
+  const uint16_t* small_data() const { return small_.data(); }
+
   void Clear() {
     std::fill(small_.begin(), small_.end(), 0);
     big_.clear();
@@ -63,7 +94,7 @@ class RefcountMap {
 
  private:
   static constexpr uint16_t kBig = 0xffff;
-  std::vector<uint16_t> small_;
+  std::vector<uint16_t, HugePageAllocator<uint16_t>> small_;  // 32 MiB for 1 TiB of 64 KiB clusters
   std::unordered_map<uint64_t, uint64_t> big_;
 };
 

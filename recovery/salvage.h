@@ -70,7 +70,7 @@ class Salvager {
   uint64_t file_size_ = 0;
   uint32_t cb_ = 16;
   uint64_t cs_ = 65536;
-  std::vector<ClusterUse> owners_;  // empty when the checker's walk failed
+  ClusterOwners owners_;  // empty when the checker's walk failed
   std::vector<std::string> early_notes_;
 };
 
