@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+
+#include "metadata/endian.h"
 #include <cerrno>
 #include <new>
 #include <string>
@@ -78,6 +80,57 @@ void TableCache::MarkClean(Table* t) {
   if (t->pins_ == 0 && !t->erased_ && !t->list_hook_.is_linked()) lru_.push_back(*t);
 }
 
+void TableCache::set_compact(bool on) {
+  compact_on_ = on && table_size_ >= 32 && table_size_ % 16 == 0;
+  if (!compact_on_) compact_.clear();
+}
+
+bool TableCache::Describe(const uint8_t* data, Progression* p) const {
+  if (!compact_on_) return false;
+  p->first[0] = LoadBE64(data);
+  p->first[1] = LoadBE64(data + 8);
+  p->step[0] = LoadBE64(data + 16) - p->first[0];
+  p->step[1] = LoadBE64(data + 24) - p->first[1];
+  uint64_t w0 = p->first[0], w1 = p->first[1];
+  for (size_t off = 16; off < table_size_; off += 16) {
+    w0 += p->step[0];
+    w1 += p->step[1];
+    if (LoadBE64(data + off) != w0 || LoadBE64(data + off + 8) != w1) return false;
+  }
+  return true;
+}
+
+void TableCache::Expand(const Progression& p, uint8_t* data) const {
+  uint64_t w0 = p.first[0], w1 = p.first[1];
+  for (size_t off = 0; off < table_size_; off += 16) {
+    StoreBE64(data + off, w0);
+    StoreBE64(data + off + 8, w1);
+    w0 += p.step[0];
+    w1 += p.step[1];
+  }
+}
+
+void TableCache::Remember(uint64_t offset, const Progression& p) {
+  if (compact_.size() >= capacity_ * kCompactPerSlot) {
+    // Full: forget one (any) description. Hash order is as good as random.
+    compact_.erase(compact_.begin());
+  }
+  compact_[offset] = p;
+}
+
+bool TableCache::Compactable(const uint8_t* data) const {
+  Progression p;
+  return Describe(data, &p);
+}
+
+bool TableCache::Offer(uint64_t offset, const uint8_t* data) {
+  if (!compact_on_ || index_.find(offset) != index_.end()) return false;
+  Progression p;
+  if (!Describe(data, &p)) return false;
+  Remember(offset, p);
+  return true;
+}
+
 Result<TableCache::Table*> TableCache::EvictOne() {
   if (lru_.empty()) {
     return Status::Busy("table cache: all " + std::to_string(index_.size()) +
@@ -94,12 +147,32 @@ Result<TableCache::Table*> TableCache::EvictOne() {
   }
   lru_.pop_back();
   index_.erase(index_.iterator_to(*victim));
+  // Clean now, so its contents are the file's: keep them as a description.
+  if (compact_on_) {
+    Progression p;
+    if (Describe(victim->data(), &p)) Remember(victim->offset_, p);
+  }
   return victim;
 }
 
 TableCache::Table* TableCache::Get(uint64_t offset) {
   auto it = index_.find(offset);
-  if (it == index_.end()) return nullptr;
+  if (it == index_.end()) {
+    if (compact_.empty()) return nullptr;
+    auto d = compact_.find(offset);
+    if (d == compact_.end()) return nullptr;
+    // Described: expand into a slot (the eviction this may cause can add
+    // descriptions, so take this one out first).
+    Progression p = d->second;
+    compact_.erase(d);
+    auto put = Put(offset);
+    if (!put.ok()) {
+      Remember(offset, p);
+      return nullptr;
+    }
+    Expand(p, (*put)->data());
+    return *put;
+  }
   Table* t = &*it;
   if (t->pins_ == 0 && t->list_hook_.is_linked()) lru_.erase(lru_.iterator_to(*t));
   ++t->pins_;
@@ -111,6 +184,7 @@ Result<TableCache::Table*> TableCache::Put(uint64_t offset) {
     return Status::InvalidArgument("table cache: table at offset " + std::to_string(offset) +
                                    " is already cached");
   }
+  if (!compact_.empty()) compact_.erase(offset);  // the caller fills it anew
   Table* t = nullptr;
   // Usually one eviction; more only after Resize shrank below pinned tables.
   while (index_.size() >= capacity_) {
@@ -188,6 +262,7 @@ Status TableCache::FlushDirty() {
 }
 
 void TableCache::Erase(uint64_t offset) {
+  if (!compact_.empty()) compact_.erase(offset);
   auto it = index_.find(offset);
   if (it == index_.end()) return;
   Table* t = &*it;
@@ -204,6 +279,7 @@ void TableCache::Erase(uint64_t offset) {
 }
 
 void TableCache::Clear() {
+  compact_.clear();
   dirty_.clear();
   lru_.clear();
   index_.clear_and_dispose([this](Table* t) {

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "qcow2j/file.h"
@@ -109,6 +110,28 @@ class TableCache {
   // pinned ones above it are evicted by later Puts. 0 is InvalidArgument.
   Status Resize(size_t capacity);
 
+  // Compact mode (the L2 cache's): a clean table whose 16-byte records form
+  // an arithmetic progression (record i = first + i * step, each of its two
+  // big-endian 64-bit words with its own step) is kept, once evicted, as
+  // that 32-byte description instead of being dropped. A table written by
+  // a sequential stream or by metadata preallocation maps consecutive host
+  // clusters, so its L2 slices are such progressions: a cache of 32 MiB
+  // then remembers the whole table set of a multi-TiB image, and a miss on
+  // one of them costs a 4 KiB expansion instead of a disk read. The
+  // descriptions hold only what the file holds (clean tables); every call
+  // that changes or drops a table (Put, ZeroTables, Erase, Clear) drops its
+  // description too, and an offset is never both cached and described.
+  // At most capacity * kCompactPerSlot descriptions are kept.
+  void set_compact(bool on);
+  bool compact() const { return compact_on_; }
+  // Compact mode: describes the table at `offset` (whose current file
+  // contents are `data`) unless it is cached or not a progression. True if
+  // it is described now.
+  bool Offer(uint64_t offset, const uint8_t* data);
+  // Whether `data` is a progression (the test Offer applies).
+  bool Compactable(const uint8_t* data) const;
+  size_t described() const { return compact_.size(); }
+
   size_t size() const { return index_.size(); }
   size_t capacity() const { return capacity_; }
   size_t dirty_count() const { return dirty_.size(); }
@@ -142,6 +165,14 @@ class TableCache {
                                            &Table::dirty_hook_>,
       boost::intrusive::key_of_value<OffsetOf>, boost::intrusive::constant_time_size<true>>;
 
+  struct Progression {
+    uint64_t first[2];
+    uint64_t step[2];
+  };
+  static constexpr size_t kCompactPerSlot = 8;
+  bool Describe(const uint8_t* data, Progression* p) const;
+  void Expand(const Progression& p, uint8_t* data) const;
+  void Remember(uint64_t offset, const Progression& p);
   Result<Table*> NewTable();
   // Grows the bucket array so the load factor stays at most 1 (amortised O(1)).
   void MaybeGrowIndex();
@@ -172,6 +203,8 @@ class TableCache {
   List lru_;      // unpinned live tables, most recent at the front
   List orphans_;  // erased while pinned
   DirtySet dirty_;
+  bool compact_on_ = false;
+  std::unordered_map<uint64_t, Progression> compact_;  // offset -> description (never cached too)
 };
 
 }  // namespace qcow2j

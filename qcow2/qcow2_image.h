@@ -85,6 +85,23 @@ class Qcow2Image final : public Image {
   Result<bool> PrefetchL2Locked(std::unique_lock<std::mutex>& lk, uint64_t cluster);
   std::set<uint64_t> l2_loading_;  // slice offsets being read without the lock
   uint64_t l2_epoch_ = 0;          // bumped when an L2 table is freed
+  uint64_t l2_writebacks_ = 0;     // bumped when an L2 slice is written in place
+  // A miss reads the slice's whole L2 table (one request instead of one per
+  // slice) while the tables read are progressions the cache keeps as
+  // descriptions (TableCache::Offer): then the other slices cost nothing to
+  // keep and later misses on them no disk read. Other tables are read one
+  // slice at a time; a slice read that turns out to be a progression
+  // switches whole-table reads back on.
+  bool l2_whole_reads_ = true;
+  static constexpr uint64_t kMaxL2ReadBytes = 256 << 10;  // whole tables up to this, else a part
+  // Buffers for those reads (aligned for O_DIRECT, so no bounce), reused
+  // under meta_mu_: request threads would otherwise each grow their own
+  // malloc arena with them.
+  struct AlignedFree {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  using L2ReadBuffer = std::unique_ptr<uint8_t, AlignedFree>;
+  std::vector<L2ReadBuffer> l2_read_bufs_;
   // End of the image file as the engine sees it: the size at open, or past
   // every cluster allocated since (appended clusters may not be written yet).
   // Decodes an L2 entry of this image (extended or not; with an external

@@ -203,8 +203,10 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
     }
     if (sync) QCOW2J_RETURN_IF_ERROR(file_->Sync());
     QCOW2J_RETURN_IF_ERROR(GuardWrite(off, slice_bytes_, MetadataKind::kL2));  // overlap-guard
+    l2_writebacks_++;  // a table read without the lock may predate this
     return file_->Write(off, data, slice_bytes_);
   });
+  l2_cache_->set_compact(true);
 
   // With a journal, dirty tables must not reach the disk before their
   // transaction commits: they are written only by checkpoints.

@@ -4,6 +4,8 @@
 // transfers happen after it is released.
 #include <algorithm>
 #include "metadata/hex.h"
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -70,25 +72,60 @@ Result<bool> Qcow2Image::PrefetchL2Locked(std::unique_lock<std::mutex>& lk, uint
     return true;
   }
   l2_loading_.insert(slice_offset);
-  const uint64_t epoch = l2_epoch_;
+  const uint64_t epoch = l2_epoch_, writebacks = l2_writebacks_;
+  const uint64_t chunk = std::min<uint64_t>(cluster_size_, kMaxL2ReadBytes);
+  const bool whole = l2_whole_reads_ && l2_cache_->compact() && slice_bytes_ < chunk;
+  const uint64_t read_offset = whole ? slice_offset & ~(chunk - 1) : slice_offset;
+  const uint64_t read_bytes = whole ? chunk : slice_bytes_;
+  L2ReadBuffer buf;
+  if (!l2_read_bufs_.empty()) {
+    buf = std::move(l2_read_bufs_.back());
+    l2_read_bufs_.pop_back();
+  } else {
+    void* p = nullptr;
+    if (::posix_memalign(&p, 4096, std::max<size_t>(chunk, slice_bytes_)) != 0) {
+      l2_loading_.erase(slice_offset);
+      inflight_cv_.notify_all();
+      return Status::FromErrno(ENOMEM, "allocate an L2 read buffer");
+    }
+    buf.reset(static_cast<uint8_t*>(p));
+  }
   lk.unlock();
-  std::vector<uint8_t> buf(slice_bytes_);
-  Status s = file_->Read(slice_offset, buf.data(), buf.size());
+  Status s = file_->Read(read_offset, buf.get(), read_bytes);
   lk.lock();
   l2_loading_.erase(slice_offset);
   // Cache what was read unless the slice got cached meanwhile (possibly
   // modified) or a table was freed (the offset may now hold something else).
   if (s.ok() && epoch == l2_epoch_) {
+    const uint8_t* mine = buf.get() + (slice_offset - read_offset);
+    if (whole) {
+      // The other slices as descriptions, unless one was written in place
+      // meanwhile (what was read may be older than the file; a slice cached
+      // now is newer and Offer leaves it alone).
+      size_t slices = 0, described = 0;
+      for (uint64_t off = 0; off < read_bytes; off += slice_bytes_) {
+        if (read_offset + off == slice_offset) continue;
+        slices++;
+        if (writebacks == l2_writebacks_ && !l2_loading_.count(read_offset + off))
+          described += l2_cache_->Offer(read_offset + off, buf.get() + off);
+        else
+          described += l2_cache_->Compactable(buf.get() + off);
+      }
+      l2_whole_reads_ = described * 2 >= slices;
+    } else if (l2_cache_->compact() && !l2_whole_reads_) {
+      l2_whole_reads_ = l2_cache_->Compactable(mine);
+    }
     TableCache::Table* t = l2_cache_->Get(slice_offset);
     if (!t) {
       auto put = l2_cache_->Put(slice_offset);
       if (put.ok()) {
         t = *put;
-        std::memcpy(t->data(), buf.data(), slice_bytes_);
+        std::memcpy(t->data(), mine, slice_bytes_);
       }
     }
     if (t) l2_cache_->Release(t);
   }
+  l2_read_bufs_.push_back(std::move(buf));
   inflight_cv_.notify_all();
   QCOW2J_RETURN_IF_ERROR(s);
   return true;

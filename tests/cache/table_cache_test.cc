@@ -279,5 +279,80 @@ TEST(TableCacheTest, LargeCapacityStaysConstantTimePerOperation) {
   EXPECT_EQ(c.dirty_count(), 0u);
 }
 
+// An L2-like slice: entry i maps host cluster first + i (8-byte entries).
+void FillProgression(uint8_t* d, uint64_t first_host) {
+  for (size_t i = 0; i < kTable / 8; i++) {
+    uint64_t v = (1ull << 63) | (first_host + i * 65536);
+    for (int b = 0; b < 8; b++) d[i * 8 + b] = static_cast<uint8_t>(v >> (56 - 8 * b));
+  }
+}
+
+TEST(TableCacheTest, CompactModeKeepsEvictedProgressionsAsDescriptions) {
+  Recorder rec;
+  TableCache c(kTable, 2, rec.Fn());
+  c.set_compact(true);
+  std::vector<uint8_t> want(kTable);
+  FillProgression(want.data(), 0x100000);
+  {
+    auto t = c.Put(0);
+    ASSERT_TRUE(t.ok());
+    std::memcpy((*t)->data(), want.data(), kTable);
+    c.Release(*t);
+  }
+  Load(c, 1 * kTable, 5);  // constant bytes: also a progression (step 0)
+  {
+    auto t = c.Put(2 * kTable);  // not a progression
+    ASSERT_TRUE(t.ok());
+    for (size_t i = 0; i < kTable; i++) (*t)->data()[i] = static_cast<uint8_t>(i * i * 7);
+    c.Release(*t);
+  }
+  Load(c, 3 * kTable, 9);  // evicts 0 (described), then 1 (described)
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.described(), 2u);  // 0 and 1
+  TableCache::Table* t = c.Get(0);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(std::memcmp(t->data(), want.data(), kTable), 0);
+  EXPECT_EQ(c.described(), 1u);  // 0 is cached now (2 was evicted, not described)
+  c.Release(t);
+  EXPECT_EQ(c.Get(2 * kTable), nullptr);
+  // Erase and Put drop descriptions: the caller's contents win.
+  c.Erase(1 * kTable);
+  EXPECT_EQ(c.Get(1 * kTable), nullptr);
+  EXPECT_TRUE(c.Offer(5 * kTable, want.data()));
+  EXPECT_FALSE(c.Offer(0, want.data()));  // cached: left alone
+  auto p = c.Put(5 * kTable);
+  ASSERT_TRUE(p.ok());
+  std::memset((*p)->data(), 1, kTable);
+  c.Release(*p);
+  t = c.Get(5 * kTable);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->data()[0], 1);
+  c.Release(t);
+  c.Clear();
+  EXPECT_EQ(c.described(), 0u);
+  EXPECT_TRUE(rec.writes.empty());
+}
+
+TEST(TableCacheTest, CompactModeDescribesDirtyTablesOnlyAfterWriteBack) {
+  Recorder rec;
+  TableCache c(kTable, 1, rec.Fn());
+  c.set_compact(true);
+  auto t = c.Put(0);
+  ASSERT_TRUE(t.ok());
+  FillProgression((*t)->data(), 0x200000);
+  c.MarkDirty(*t);
+  c.Release(*t);
+  Load(c, kTable, 3);  // evicts 0: written back, then described
+  ASSERT_EQ(rec.writes.size(), 1u);
+  EXPECT_EQ(c.described(), 1u);
+  TableCache::Table* g = c.Get(0);
+  ASSERT_NE(g, nullptr);
+  EXPECT_FALSE(g->dirty());
+  std::vector<uint8_t> want(kTable);
+  FillProgression(want.data(), 0x200000);
+  EXPECT_EQ(std::memcmp(g->data(), want.data(), kTable), 0);
+  c.Release(g);
+}
+
 }  // namespace
 }  // namespace qcow2j
