@@ -363,6 +363,9 @@ class Qcow2Image final : public Image {
   // Writes every table replay changed in place, without syncing (for
   // EndJournalSessionLocked to sync once).
   Status WriteReplayedTablesLocked();
+  // Writes the header fields replay or a resize left stale (the resize
+  // fields, the snapshot-table fields) and marks them current; no sync.
+  Status WriteStaleHeaderFieldsLocked();
   // Journal flush: one transaction, one sync (checkpoints past the threshold).
   Status JournalFlushLocked();
   // Writes every dirty table in place (refcounts, sync, L2 and L1, sync) and

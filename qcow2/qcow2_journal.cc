@@ -158,20 +158,8 @@ Status Qcow2Image::CheckpointLocked() {
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
-  if (header_fields_stale_) {  // a resize: its L1 table was made durable before it was named
-    uint8_t fields[kResizeFieldsBytes];
-    EncodeResizeFields(fields);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
-  }
-  if (snapshot_fields_stale_) {  // a replayed snapshot operation: its new table was synced before it
-    uint8_t fields[kSnapshotFieldsBytes];
-    StoreBE32(fields, header_.nb_snapshots);
-    StoreBE64(fields + 4, header_.snapshots_offset);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kSnapshotFieldsOffset, fields, sizeof fields));
-  }
+  QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
   QCOW2J_RETURN_IF_ERROR(file_->Sync());
-  header_fields_stale_ = false;
-  snapshot_fields_stale_ = false;
   if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
   // Everything is in place: nothing left to journal.
   refcounts_->ForgetChanges();
@@ -187,6 +175,23 @@ Status Qcow2Image::CheckpointLocked() {
   return Status::OK();
 }
 
+Status Qcow2Image::WriteStaleHeaderFieldsLocked() {
+  if (header_fields_stale_) {  // a resize: its L1 table was made durable before it was named
+    uint8_t fields[kResizeFieldsBytes];
+    EncodeResizeFields(fields);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
+    header_fields_stale_ = false;
+  }
+  if (snapshot_fields_stale_) {  // a replayed snapshot operation: its new table was synced before it
+    uint8_t fields[kSnapshotFieldsBytes];
+    StoreBE32(fields, header_.nb_snapshots);
+    StoreBE64(fields + 4, header_.snapshots_offset);
+    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kSnapshotFieldsOffset, fields, sizeof fields));
+    snapshot_fields_stale_ = false;
+  }
+  return Status::OK();
+}
+
 Status Qcow2Image::WriteReplayedTablesLocked() {
   // As CheckpointLocked, minus the syncs and the tail move (recovery has no
   // journal writer: the header write that ends the session retires the ring).
@@ -196,12 +201,7 @@ Status Qcow2Image::WriteReplayedTablesLocked() {
   QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(/*replayed=*/true));
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
-  if (header_fields_stale_) {
-    uint8_t fields[kResizeFieldsBytes];
-    EncodeResizeFields(fields);
-    QCOW2J_RETURN_IF_ERROR(WriteHeaderField(kResizeFieldsOffset, fields, sizeof fields));
-  }
-  header_fields_stale_ = false;
+  QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
   refcounts_->ForgetChanges();
   jcheckpoints_++;
   return Status::OK();
@@ -597,7 +597,6 @@ Status Qcow2Image::ReplayJournal() {
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
           for (const JournalRecord& r : t.records) {
-            if (std::holds_alternative<DataChecksum>(r)) continue;  // nothing to apply
             Status s = ApplyJournalRecord(r);
             if (!s.ok())
               return s.Annotate("image '" + path_ + "': replaying journal transaction " +
