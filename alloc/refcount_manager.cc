@@ -2,6 +2,7 @@
 #include "metadata/hex.h"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -155,7 +156,7 @@ Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) 
     std::span<uint8_t> blk(t->data(), slice_bytes_);
     for (uint64_t i = 0; i < run; i++) SetRefcount(blk, order_, idx + i, value);
     if (track_)
-      for (uint64_t i = 0; i < run; i++) changed_.push_back(ci + i);
+      for (uint64_t i = 0; i < run; i++) NoteChanged(ci + i);
     cache_->MarkDirty(t);
     cache_->Release(t);
     ci += run;
@@ -193,7 +194,7 @@ Result<uint64_t> RefcountManager::Update(uint64_t host_offset, int64_t delta) {
                                    " would exceed the maximum " + std::to_string(MaxRefcount()));
   }
   SetRefcount(blk, order_, idx, nv);
-  if (track_) changed_.push_back(ci);
+  if (track_) NoteChanged(ci);
   cache_->MarkDirty(t);
   cache_->Release(t);
   if (nv == 0) pending_free_.push_back(ci);
@@ -306,8 +307,7 @@ Status RefcountManager::JournalRecords(std::vector<JournalRecord>* out) {
   }
   for (uint64_t bi : new_blocks_)
     out->push_back(NewTable{JournalTableKind::kRefcountBlock, table_[bi] & kRefcountTableOffsetMask});
-  std::sort(changed_.begin(), changed_.end());
-  changed_.erase(std::unique(changed_.begin(), changed_.end()), changed_.end());
+  if (!changed_ascending_) SortChanges();
   for (size_t i = 0; i < changed_.size();) {
     QCOW2J_ASSIGN_OR_RETURN(uint64_t v, Get(changed_[i] << cluster_bits_));
     size_t j = i + 1;
@@ -326,7 +326,39 @@ Status RefcountManager::JournalRecords(std::vector<JournalRecord>* out) {
   return Status::OK();
 }
 
+void RefcountManager::SortChanges() {
+  // The list is mostly ascending runs over a dense range of clusters (those
+  // written since the last commit): mark them in a bitmap of that range and
+  // read it back in order, in linear time. A sparse list is sorted.
+  if (changed_.empty()) return;
+  const auto [lo, hi] = std::minmax_element(changed_.begin(), changed_.end());
+  const uint64_t first = *lo, span = *hi - *lo + 1;
+  if (span / 64 <= changed_.size()) {
+    std::vector<uint64_t> bits((span + 63) / 64);
+    for (uint64_t ci : changed_) bits[(ci - first) / 64] |= uint64_t{1} << ((ci - first) % 64);
+    changed_.clear();
+    for (uint64_t w = 0; w < bits.size(); w++)
+      for (uint64_t b = bits[w]; b; b &= b - 1) changed_.push_back(first + w * 64 + std::countr_zero(b));
+  } else {
+    std::sort(changed_.begin(), changed_.end());
+    changed_.erase(std::unique(changed_.begin(), changed_.end()), changed_.end());
+  }
+  changed_ascending_ = true;
+}
+
+void RefcountManager::NoteChanged(uint64_t cluster_index) {
+  // Appending allocation changes refcounts in ascending order, often the
+  // same cluster several times in a row: keep such a list sorted and free of
+  // repeats as it grows, and sort only a list that is not.
+  if (!changed_.empty()) {
+    if (changed_.back() == cluster_index) return;
+    if (changed_.back() > cluster_index) changed_ascending_ = false;
+  }
+  changed_.push_back(cluster_index);
+}
+
 void RefcountManager::ForgetChanges() {
+  changed_ascending_ = true;
   changed_.clear();
   new_blocks_.clear();
   table_moved_ = false;

@@ -103,6 +103,10 @@ class RefcountManager {
   uint64_t MaxRefcount() const;
 
  private:
+  // Records that the refcount of `cluster_index` changed (journal tracking).
+  void NoteChanged(uint64_t cluster_index);
+  // Makes changed_ strictly ascending.
+  void SortChanges();
   // The cached slice of the refcount block covering cluster index `ci`,
   // pinned, and the entry's index inside it; allocates the block (and grows
   // the table) when missing and `create` is set. nullptr when missing and
@@ -144,6 +148,7 @@ class RefcountManager {
   // Journal tracking (EnableJournal).
   bool track_ = false;
   std::vector<uint64_t> changed_;     // cluster indexes whose refcount changed
+  bool changed_ascending_ = true;     // changed_ is strictly ascending (sorted, no repeats)
   std::vector<uint64_t> new_blocks_;  // refcount-table indexes given a new block
   bool table_moved_ = false;
 };
