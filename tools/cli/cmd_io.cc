@@ -160,6 +160,39 @@ void Usage(const std::string& name) {
   if (const CommandHelp* h = FindHelp(name)) std::printf("%s %s -- %s\n", h->name, h->args, h->oneline);
 }
 
+// The operands after a read or write command's options: an offset and a
+// length (readv/writev: several lengths, summed), with qemu-io's messages.
+// A total over kMaxRequest is refused unless `unbounded` (write -z -n needs
+// no buffer); `hint` ends the refusal (write: " without -n").
+bool Operands(const CmdArgs& a, const std::string& name, bool vectored, bool unbounded,
+              const char* hint, int64_t* offset, int64_t* count) {
+  if (optind + 2 > a.argc() || (!vectored && optind + 2 != a.argc())) {
+    Usage(name);
+    return false;
+  }
+  if (!Number(a.argv[optind], offset)) return false;
+  *count = 0;
+  for (int i = optind + 1; i < a.argc(); i++) {
+    int64_t len;
+    if (!Number(a.argv[i], &len)) return false;
+    if (vectored && len > kMaxRequest) {  // qemu-io checks each buffer, then their sum
+      std::printf("Argument '%s' exceeds maximum size %lld\n", a.argv[i], static_cast<long long>(kMaxRequest));
+      return false;
+    }
+    if (vectored && *count > kMaxRequest - len) {
+      std::printf("The total number of bytes exceed the maximum size %lld\n", static_cast<long long>(kMaxRequest));
+      return false;
+    }
+    *count += len;
+  }
+  if (*count > kMaxRequest && !unbounded) {
+    std::printf("length cannot exceed %lld%s, given %s\n", static_cast<long long>(kMaxRequest), hint,
+                a.argv[optind + 1]);
+    return false;
+  }
+  return true;
+}
+
 bool IoSession::RangeOk(const char* op, int64_t off, int64_t len) {
   if (static_cast<uint64_t>(off) > img_->size() ||
       static_cast<uint64_t>(len) > img_->size() - static_cast<uint64_t>(off)) {
@@ -271,22 +304,8 @@ bool IoSession::Read(std::vector<std::string>& words, bool vectored) {
       default: Usage(words[0]); return false;
     }
   }
-  if (optind + 2 > a.argc() || (!vectored && optind + 2 != a.argc())) {
-    Usage(words[0]);
-    return false;
-  }
-  int64_t offset, count = 0;
-  if (!Number(a.argv[optind], &offset)) return false;
-  for (int i = optind + 1; i < a.argc(); i++) {
-    int64_t len;
-    if (!Number(a.argv[i], &len)) return false;
-    count += len;
-  }
-  if (count > kMaxRequest) {
-    std::printf("length cannot exceed %lld, given %s\n", static_cast<long long>(kMaxRequest),
-                a.argv[optind + 1]);
-    return false;
-  }
+  int64_t offset, count;
+  if (!Operands(a, words[0], vectored, /*unbounded=*/false, "", &offset, &count)) return false;
   if (!verify && (pat_off || pat_len >= 0)) {
     std::printf("-s and -l only make sense with -P\n");  // qemu-io rejects them without -P
     return false;
@@ -327,6 +346,7 @@ bool IoSession::Read(std::vector<std::string>& words, bool vectored) {
 bool IoSession::Write(std::vector<std::string>& words, bool vectored) {
   CmdArgs a(words);
   bool quiet = false, terse = false, zero = false, unmap = false, compress = false, have_p = false;
+  bool no_fallback = false;
   uint8_t pattern = 0xcd;
   int c;
   while ((c = getopt(a.argc(), a.argv.data(), vectored ? "CfqP:" : "bcCfnpP:quzs:")) != -1) {
@@ -336,7 +356,8 @@ bool IoSession::Write(std::vector<std::string>& words, bool vectored) {
       case 'z': zero = true; break;
       case 'u': unmap = true; break;
       case 'c': compress = true; break;
-      case 'b': case 'f': case 'n': case 'p': break;
+      case 'n': no_fallback = true; break;
+      case 'b': case 'f': case 'p': break;
       case 'P': {
         auto p = ParseIoPattern(optarg);
         if (!p.ok()) {
@@ -353,34 +374,28 @@ bool IoSession::Write(std::vector<std::string>& words, bool vectored) {
       default: Usage(words[0]); return false;
     }
   }
-  if (zero && have_p) {
-    std::printf("Only one of -z, -P, and -s can be specified at the same time\n");
+  if (no_fallback && !zero) {
+    std::printf("-n requires -z to be specified\n");
     return false;
   }
   if (unmap && !zero) {
     std::printf("-u requires -z to be specified\n");
     return false;
   }
+  if (zero && have_p) {
+    std::printf("Only one of -z, -P, and -s can be specified at the same time\n");
+    return false;
+  }
   if (compress && zero) {
     std::printf("Cannot use -c and -z at the same time\n");
     return false;
   }
-  if (optind + 2 > a.argc() || (!vectored && optind + 2 != a.argc())) {
-    Usage(words[0]);
+  int64_t offset, count;
+  // As qemu-io: only write -z -n (no fallback to writing zeros) may
+  // exceed the request limit.
+  if (!Operands(a, words[0], vectored, /*unbounded=*/no_fallback, vectored ? "" : " without -n", &offset,
+                &count))
     return false;
-  }
-  int64_t offset, count = 0;
-  if (!Number(a.argv[optind], &offset)) return false;
-  for (int i = optind + 1; i < a.argc(); i++) {
-    int64_t len;
-    if (!Number(a.argv[i], &len)) return false;
-    count += len;
-  }
-  if (count > kMaxRequest && !zero) {
-    std::printf("length cannot exceed %lld, given %s\n", static_cast<long long>(kMaxRequest),
-                a.argv[optind + 1]);
-    return false;
-  }
   if (!RangeOk("write", offset, count)) return false;
   std::vector<uint8_t> buf;
   if (!zero) buf.assign(count, pattern);
