@@ -704,14 +704,32 @@ Status DoCreate(const std::string& path, const std::string& name, Env* env) {
   return s;
 }
 
+// The image opened read-write for an operation on the snapshot
+// `name_or_id`, which snapshot that is (its index and entry) and its L1 table.
+struct SnapshotTarget {
+  OfflineImage im;
+  int index = -1;
+  SnapshotEntry sn;
+  std::vector<uint64_t> l1;
+};
+
+Result<SnapshotTarget> OpenSnapshotTarget(const std::string& path, const std::string& name_or_id, Env* env) {
+  SnapshotTarget t;
+  QCOW2J_ASSIGN_OR_RETURN(t.im, OpenForSnapshots(path, env, true));
+  t.index = FindSnapshot(t.im.snapshots, name_or_id);
+  if (t.index < 0) return Status::NotFound("snapshot '" + name_or_id + "' not found");
+  t.sn = t.im.snapshots[t.index];
+  QCOW2J_RETURN_IF_ERROR(
+      ReadL1(t.im, t.sn.l1_table_offset, t.sn.l1_size, "snapshot " + t.sn.id + " L1 table", &t.l1));
+  return t;
+}
+
 Status DoDelete(const std::string& path, const std::string& name_or_id, Env* env) {
-  QCOW2J_ASSIGN_OR_RETURN(OfflineImage im, OpenForSnapshots(path, env, true));
-  int idx = FindSnapshot(im.snapshots, name_or_id);
-  if (idx < 0) return Status::NotFound("snapshot '" + name_or_id + "' not found");
-  SnapshotEntry sn = im.snapshots[idx];
-  std::vector<uint64_t> sn_l1;
-  QCOW2J_RETURN_IF_ERROR(ReadL1(im, sn.l1_table_offset, sn.l1_size,
-                                "snapshot " + sn.id + " L1 table", &sn_l1));
+  QCOW2J_ASSIGN_OR_RETURN(SnapshotTarget t, OpenSnapshotTarget(path, name_or_id, env));
+  OfflineImage& im = t.im;
+  const int idx = t.index;
+  const SnapshotEntry& sn = t.sn;
+  const std::vector<uint64_t>& sn_l1 = t.l1;
   // The active tree is walked after the point of no return (COPIED flags):
   // make sure it can be before starting.
   QCOW2J_RETURN_IF_ERROR(L2Tables(im, im.l1, "active L1 table").status());
@@ -744,13 +762,10 @@ Status DoDelete(const std::string& path, const std::string& name_or_id, Env* env
 }
 
 Status DoApply(const std::string& path, const std::string& name_or_id, Env* env) {
-  QCOW2J_ASSIGN_OR_RETURN(OfflineImage im, OpenForSnapshots(path, env, true));
-  int idx = FindSnapshot(im.snapshots, name_or_id);
-  if (idx < 0) return Status::NotFound("snapshot '" + name_or_id + "' not found");
-  SnapshotEntry sn = im.snapshots[idx];
-  std::vector<uint64_t> sn_l1;
-  QCOW2J_RETURN_IF_ERROR(ReadL1(im, sn.l1_table_offset, sn.l1_size,
-                                "snapshot " + sn.id + " L1 table", &sn_l1));
+  QCOW2J_ASSIGN_OR_RETURN(SnapshotTarget t, OpenSnapshotTarget(path, name_or_id, env));
+  OfflineImage& im = t.im;
+  const SnapshotEntry& sn = t.sn;
+  std::vector<uint64_t>& sn_l1 = t.l1;
   uint64_t new_size = sn.disk_size ? sn.disk_size : im.h.size;
   if (new_size > kMaxVirtualSize)
     return Status::Corruption("snapshot " + sn.id + " disk size " + std::to_string(new_size) +
