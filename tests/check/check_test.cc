@@ -33,13 +33,11 @@ const std::vector<Region> kRegions = {
 const Region kSnapRegion = {2 << 20, 64 << 10, 0x55};  // written after the snapshot
 
 // Where things are in an image (read from it, not assumed).
-struct Layout {
-  std::string path;
-  uint64_t l1 = 0, rt = 0, rb = 0, l2 = 0, l2b = 0, snaps = 0, file_size = 0;
+struct Layout : ImageLayout {
+  uint64_t snaps = 0, file_size = 0;
   // Persistent bitmaps (0 when absent): the bitmaps extension's payload, the
   // bitmap directory and the bitmap table of its first entry.
   uint64_t bm_ext = 0, bm_dir = 0, bm_table = 0;
-  uint64_t L2(int i) const { return PeekBe64(path, l2 + 8 * i); }
   uint64_t Data(int i) const { return L2(i) & kMask; }
   // Refcount entry of a host offset (refcount_order 4, first block).
   uint64_t Ref(uint64_t host) const { return rb + 2 * (host / kCs); }
@@ -47,12 +45,7 @@ struct Layout {
 
 Layout Read(const std::string& path) {
   Layout l;
-  l.path = path;
-  l.l1 = PeekBe64(path, 40);
-  l.rt = PeekBe64(path, 48);
-  l.rb = PeekBe64(path, l.rt) & kMask;
-  l.l2 = PeekBe64(path, l.l1) & kMask;
-  l.l2b = PeekBe64(path, l.l1 + 16) & kMask;
+  static_cast<ImageLayout&>(l) = ReadImageLayout(path);
   l.snaps = PeekBe64(path, 64);
   l.file_size = FileSize(path);
   if (PeekBe32(path, 4) >= 3) {

@@ -33,22 +33,8 @@ const std::vector<Region> kRegions = {{0, 256 << 10, 0x11},     {1 << 20, 64 << 
                                       {1ull << 30, 64 << 10, 0x44}};
 const std::set<uint64_t> kFirstL2 = {0, 1, 2, 3, 16, 64, 512, 513};
 
-struct Layout {
-  std::string path;
-  uint64_t l1 = 0, rt = 0, rb = 0, l2 = 0, l2b = 0;
-  uint64_t L2(int i) const { return PeekBe64(path, l2 + 8 * i); }
-};
-
-Layout ReadLayout(const std::string& path) {
-  Layout l;
-  l.path = path;
-  l.l1 = PeekBe64(path, 40);
-  l.rt = PeekBe64(path, 48);
-  l.rb = PeekBe64(path, l.rt) & kMask;
-  l.l2 = PeekBe64(path, l.l1) & kMask;
-  l.l2b = PeekBe64(path, l.l1 + 16) & kMask;
-  return l;
-}
+using Layout = ImageLayout;
+Layout ReadLayout(const std::string& path) { return ReadImageLayout(path); }
 
 struct Recipe {
   const char* name;

@@ -249,6 +249,17 @@ uint32_t PeekBe32(const std::string& path, uint64_t offset) {
 }
 uint64_t PeekBe64(const std::string& path, uint64_t offset) { return PeekBe(path, offset, 8); }
 
+ImageLayout ReadImageLayout(const std::string& path) {
+  ImageLayout l;
+  l.path = path;
+  l.l1 = PeekBe64(path, 40);
+  l.rt = PeekBe64(path, 48);
+  l.rb = PeekBe64(path, l.rt) & ImageLayout::kOffsetMask;
+  l.l2 = PeekBe64(path, l.l1) & ImageLayout::kOffsetMask;
+  l.l2b = PeekBe64(path, l.l1 + 16) & ImageLayout::kOffsetMask;
+  return l;
+}
+
 // ---- JSON ----
 
 const Json* Json::Get(const std::string& key) const {

@@ -77,6 +77,18 @@ uint16_t PeekBe16(const std::string& path, uint64_t offset);
 uint32_t PeekBe32(const std::string& path, uint64_t offset);
 uint64_t PeekBe64(const std::string& path, uint64_t offset);
 
+// Where the first tables of a qcow2 image are, read from its header and
+// tables (not assumed): the active L1 table, the refcount table and its
+// first block, and the L2 tables of L1 entries 0 and 2.
+struct ImageLayout {
+  static constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ull;
+  std::string path;
+  uint64_t l1 = 0, rt = 0, rb = 0, l2 = 0, l2b = 0;
+  // Entry i of the first L2 table, as stored.
+  uint64_t L2(int i) const { return PeekBe64(path, l2 + 8 * i); }
+};
+ImageLayout ReadImageLayout(const std::string& path);
+
 // A JSON value: enough of JSON for the documents qemu-img prints.
 struct Json {
   enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
