@@ -594,6 +594,20 @@ Status Qcow2Image::ReplayJournal() {
     return Status::OK();
   std::string report;
   if (jext_->has_area()) {
+    // A writer records the data-checksum verdict in the superblock before
+    // applying what it kept on that verdict: the in-place writes below may
+    // change bytes those checksums describe (a copied L2 table and the
+    // update of it), and a crash before the header write would otherwise
+    // make the next replay drop an acknowledged transaction. The data was
+    // read, but after a killed process it may sit in the page cache only:
+    // it is made durable before the superblock vouches for it.
+    JournalVerifiedFn verified;
+    if (!read_only_)
+      verified = [&](const JournalSuperblock& sb, uint64_t through) -> Status {
+        if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+        QCOW2J_RETURN_IF_ERROR(file_->Sync());  // copied L2 tables live in the image file
+        return MarkJournalVerified(file_.get(), *jext_, sb, through).status();
+      };
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
           for (const JournalRecord& r : t.records) {
@@ -614,7 +628,8 @@ Status Qcow2Image::ReplayJournal() {
             QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
           }
           return Status::OK();
-        });
+        },
+        verified);
     if (!plan.ok())
       return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
                                     "rebuilds the metadata without it");
@@ -641,7 +656,8 @@ Status Qcow2Image::ReplayJournal() {
     return Status::OK();
   }
   // Write the result in place and close the journal as a clean close would,
-  // in two syncs: the tables with the area's release, then the header. A
+  // in two syncs (after the verdict's two, if there was one): the tables
+  // with the area's release, then the header. A
   // checkpoint's own ordering (refcounts, sync, tables, sync, tail, sync) is
   // not needed here: every byte written is a committed record that the ring
   // keeps until the header write, so a crash anywhere before it leaves the
