@@ -360,16 +360,18 @@ class Qcow2Image final : public Image {
   // unless they end it: punching a long ring costs more than the rest of
   // the open, and the clusters are free (refcount 0) for the next allocation.
   Status EndJournalSessionLocked(bool refcounts_clean, bool after_replay = false);
-  // Writes every table replay changed in place, without syncing (for
-  // EndJournalSessionLocked to sync once).
-  Status WriteReplayedTablesLocked();
+  // Writes every dirty table in place: refcounts, sync, L2 and L1 (and the
+  // stale header fields), sync. `replayed` (open-time recovery): without the
+  // syncs, for EndJournalSessionLocked to sync once.
+  Status WriteTablesInPlaceLocked(bool replayed);
   // Writes the header fields replay or a resize left stale (the resize
   // fields, the snapshot-table fields) and marks them current; no sync.
   Status WriteStaleHeaderFieldsLocked();
   // Journal flush: one transaction, one sync (checkpoints past the threshold).
   Status JournalFlushLocked();
-  // Writes every dirty table in place (refcounts, sync, L2 and L1, sync) and
-  // empties the ring: all the journal held is now in place.
+  // Confirms the last commit, writes every dirty table in place
+  // (WriteTablesInPlaceLocked) and empties the ring: all the journal held is
+  // now in place.
   Status CheckpointLocked();
   // Commits an empty transaction whose synced_through confirms the last one.
   Status ConfirmLocked();

@@ -147,22 +147,12 @@ Status Qcow2Image::CheckpointLocked() {
     }
     junconfirmed_.clear();
   }
-  // Like the flush without a journal: refcounts (and the data) first, then
-  // the tables that reference them. Whatever is written here either was
-  // committed already (replay rewrites the same values) or, when a
-  // transaction was too large for the ring, follows the journal-less order.
-  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
-  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
-  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
-  QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
-  QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  // Whatever is written here either was committed already (replay rewrites
+  // the same values) or, when a transaction was too large for the ring,
+  // follows the journal-less order.
+  QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/false));
   if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
   // Everything is in place: nothing left to journal.
-  refcounts_->ForgetChanges();
   jl2_.clear();
   jl1_.clear();
   jnew_tables_.clear();
@@ -171,7 +161,6 @@ Status Qcow2Image::CheckpointLocked() {
   jsums_.clear();
   jsum_bytes_ = 0;
   jsums_ok_ = true;
-  jcheckpoints_++;
   return Status::OK();
 }
 
@@ -192,16 +181,21 @@ Status Qcow2Image::WriteStaleHeaderFieldsLocked() {
   return Status::OK();
 }
 
-Status Qcow2Image::WriteReplayedTablesLocked() {
-  // As CheckpointLocked, minus the syncs and the tail move (recovery has no
-  // journal writer: the header write that ends the session retires the ring).
+Status Qcow2Image::WriteTablesInPlaceLocked(bool replayed) {
+  // Like the flush without a journal: refcounts (and the data) first, then
+  // the tables that reference them, with a sync after each step. After a
+  // replay neither sync is needed: every byte written is a committed record
+  // that the ring keeps until the header write that ends the session, so a
+  // crash anywhere before it replays the same values again.
   QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
   if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
   if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(/*replayed=*/true));
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(replayed));
+  if (!replayed) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
   QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
+  if (!replayed) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   refcounts_->ForgetChanges();
   jcheckpoints_++;
   return Status::OK();
@@ -625,7 +619,7 @@ Status Qcow2Image::ReplayJournal() {
                   "image '" + path_ + "': replaying its journal needs more than " +
                   std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
                   " MiB of memory; open it read-write to replay it in place");
-            QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+            QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
           }
           return Status::OK();
         },
@@ -663,7 +657,7 @@ Status Qcow2Image::ReplayJournal() {
   // keeps until the header write, so a crash anywhere before it leaves the
   // bit set and replay writes the same values again.
   const bool was_dirty = header_.incompatible_features & kIncompatDirty;
-  QCOW2J_RETURN_IF_ERROR(WriteReplayedTablesLocked());
+  QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
   QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty, /*after_replay=*/true));
   recovery_report_ = report;
   return Status::OK();
