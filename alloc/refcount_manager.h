@@ -12,6 +12,7 @@
 #ifndef QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 #define QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -97,6 +98,10 @@ class RefcountManager {
   // engine's lock (range checks of lock-free reads) may call this; only
   // writers need the lock.
   uint64_t end_offset() const { return end_.load(std::memory_order_relaxed); }
+  // Appends start at `offset` or later from now on: free clusters below it
+  // (e.g. a freed journal area still being punched) are left alone until a
+  // later open.
+  void AppendPast(uint64_t offset) { end_ = std::max(end_.load(), offset); }
   uint64_t table_offset() const { return table_offset_; }
   uint32_t table_clusters() const { return table_clusters_; }
   uint64_t cluster_size() const { return cluster_size_; }

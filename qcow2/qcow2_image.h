@@ -343,6 +343,11 @@ class Qcow2Image final : public Image {
   // that. Past the hard threshold (3/4 of the ring, twice the caches) the
   // commit checkpoints inline. The thread takes meta_mu_ like any writer.
   std::thread checkpointer_;
+  std::thread jpunch_;  // punches the area a read-write recovery freed
+  // Before file_ goes (Close, a reload): the thread uses it.
+  void JoinAreaPunch() {
+    if (jpunch_.joinable()) jpunch_.join();
+  }
   std::condition_variable checkpoint_cv_;  // with meta_mu_
   bool checkpoint_wanted_ = false;
   bool checkpointer_stop_ = false;
@@ -356,9 +361,9 @@ class Qcow2Image final : public Image {
   // Frees the area and clears the journal bits (the ring must be empty, or
   // everything it holds written in place and not yet synced: the sync that
   // makes the area's release durable makes those writes durable too). A
-  // recovery (`after_replay`) leaves the freed area's bytes in the file
-  // unless they end it: punching a long ring costs more than the rest of
-  // the open, and the clusters are free (refcount 0) for the next allocation.
+  // recovery (`after_replay`) punches the freed area on a thread (jpunch_)
+  // unless background checkpoints are off (then inline) or it ends the file
+  // (then truncated).
   Status EndJournalSessionLocked(bool refcounts_clean, bool after_replay = false);
   // Writes every dirty table in place: refcounts, sync, L2 and L1 (and the
   // stale header fields), sync. `replayed` (open-time recovery): without the

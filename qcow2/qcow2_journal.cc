@@ -411,7 +411,19 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean, bool after_repl
     QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
     if (area.area_offset + area.area_size >= size && area.area_offset + area.area_size >= refcounts_->end_offset()) {
       QCOW2J_RETURN_IF_ERROR(file_->Truncate(area.area_offset));
-    } else if (!after_replay) {
+    } else if (after_replay && opts_.background_checkpoints) {
+      // Punching a long ring drops its cached pages and extents, which cost
+      // as much as the rest of the open: a thread does it while the image
+      // is in use. Nothing else may write those bytes meanwhile: their
+      // refcounts are 0, so appends would reuse them, and are told to start
+      // past the area instead (a later open reuses the hole); they are not
+      // in the free list (only clusters this session frees are), and Close
+      // joins the thread. An error costs only space.
+      refcounts_->AppendPast(area.area_offset + area.area_size);
+      jpunch_ = std::thread([f = file_.get(), area] { (void)f->PunchHole(area.area_offset, area.area_size); });
+    } else {
+      // (After a replay with background_checkpoints off too, so that the
+      // crash kit sees the same I/O sequence every run.)
       Status s = file_->PunchHole(area.area_offset, area.area_size);
       if (!s.ok() && s.code() != Code::kNotSupported) return s;
     }
