@@ -107,7 +107,7 @@ std::string DescribeReplay(const JournalReplayPlan& plan) {
                   (plan.transactions == 1 ? "" : "s") + " (" + std::to_string(plan.records) +
                   " records, " + std::to_string((plan.bytes + 1023) >> 10) + " KiB)";
   if (plan.verified)
-    s += ", " + std::to_string(plan.verified) + " of them unconfirmed but with their data verified";
+    s += ", " + std::to_string(plan.verified) + " unconfirmed kept (data checksums match)";
   if (plan.dropped)
     s += ", dropped " + std::to_string(plan.dropped) + " unconfirmed (" + plan.dropped_reason + ")";
   return s;
