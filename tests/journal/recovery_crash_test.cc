@@ -152,10 +152,10 @@ RecoveryRun ExpectEveryCrashStateOfRecoveryRecovers(MemoryEnv* mem, const Writes
   return run;
 }
 
-std::unique_ptr<MemoryEnv> NewImage() {
+std::unique_ptr<MemoryEnv> NewImage(uint64_t size = 2ull << 30) {
   auto mem = NewMemoryEnvForTest();
   CreateOptions c;
-  c.size = 2ull << 30;
+  c.size = size;
   c.env = mem.get();
   EXPECT_TRUE(Image::Create(kPath, c).ok());
   return mem;
@@ -221,11 +221,7 @@ TEST(RecoveryCrashTest, ACopiedL2TableTheLastTransactionChecksumsSurvivesACrashe
 // cache) writes them back midway, without syncs, and again at the end: a
 // crash anywhere in that recovery still recovers.
 TEST(RecoveryCrashTest, AReplayThatOutgrowsItsCacheWritesBackMidwayAndStillRecovers) {
-  auto mem = NewMemoryEnvForTest();
-  CreateOptions c;
-  c.size = 40ull << 30;
-  c.env = mem.get();
-  ASSERT_TRUE(Image::Create(kPath, c).ok());
+  auto mem = NewImage(40ull << 30);
   Writes expect = CrashedSession(mem.get(), [](Image* img) {
     Writes w;
     for (int i = 0; i < 1100; i++) {  // one L2 slice (32 MiB of guest space) each
