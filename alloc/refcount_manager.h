@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "journal/journal_record.h"
@@ -102,6 +103,9 @@ class RefcountManager {
   // (e.g. a freed journal area still being punched) are left alone until a
   // later open.
   void AppendPast(uint64_t offset) { end_ = std::max(end_.load(), offset); }
+  // Whether any of the (offset, length) ranges meets the refcount table or
+  // a block it names: bytes a write-back may rewrite.
+  bool MeetsRefcountMetadata(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) const;
   uint64_t table_offset() const { return table_offset_; }
   uint32_t table_clusters() const { return table_clusters_; }
   uint64_t cluster_size() const { return cluster_size_; }

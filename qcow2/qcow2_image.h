@@ -337,6 +337,20 @@ class Qcow2Image final : public Image {
   // legal only when a resize replayed later switched away from them (the
   // checkpoint wrote the new header in place before the tail moved).
   std::set<uint64_t> jreplay_stale_l1_;
+  // A read-write replay kept unconfirmed transactions on their data
+  // checksums: the verdict to record (MarkJournalVerified) before anything
+  // written in place could change the bytes those checksums describe.
+  struct PendingVerdict {
+    JournalSuperblock sb;
+    uint64_t through = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // (host offset, length)
+  };
+  std::optional<PendingVerdict> jverdict_;
+  // Records a pending verdict: sync (the verified data), superblock, sync.
+  Status RecordVerdictLocked();
+  // Whether the replay's in-place writes (dirty L2 slices, refcount
+  // metadata, the L1 table, the header) meet the pending verdict's ranges.
+  bool VerdictNeededLocked();
   // Background checkpoints: past the soft threshold (half the ring, or more
   // dirty tables than the caches hold) a commit asks this thread to write the
   // tables in place, so the guest flush that crossed it does not wait for

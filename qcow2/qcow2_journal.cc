@@ -595,24 +595,54 @@ Status Qcow2Image::ApplyL2CopiedRun(const L2CopiedRun& r) {
   return Status::OK();
 }
 
+Status Qcow2Image::RecordVerdictLocked() {
+  if (!jverdict_) return Status::OK();
+  // The data was read, but after a killed process it may sit in the page
+  // cache only: durable before the superblock vouches for it.
+  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());  // copied L2 tables live in the image file
+  QCOW2J_RETURN_IF_ERROR(MarkJournalVerified(file_.get(), *jext_, jverdict_->sb, jverdict_->through).status());
+  jverdict_.reset();
+  return Status::OK();
+}
+
+bool Qcow2Image::VerdictNeededLocked() {
+  // Every write of the recovery from here on: dirty L2 slices, refcount
+  // blocks and table (the area's release included), the L1 table, the
+  // header's cluster. (Slices written back midway were written after
+  // RecordVerdictLocked, or before the checksums were verified.)
+  const uint64_t l1_end = header_.l1_table_offset + l1_.size() * 8;
+  for (auto [off, len] : jverdict_->ranges) {
+    if (off < cluster_size_ || (off < l1_end && header_.l1_table_offset < off + len)) return true;
+    for (uint64_t s = off & ~uint64_t{slice_bytes_ - 1}; s < off + len; s += slice_bytes_) {
+      TableCache::Table* t = l2_cache_->Get(s);
+      if (!t) continue;
+      const bool dirty = t->dirty();
+      l2_cache_->Release(t);
+      if (dirty) return true;
+    }
+  }
+  return refcounts_->MeetsRefcountMetadata(jverdict_->ranges);
+}
+
 Status Qcow2Image::ReplayJournal() {
   if (!jext_ || !(header_.incompatible_features & kIncompatJournal) || snapshot_index_ >= 0)
     return Status::OK();
   std::string report;
   if (jext_->has_area()) {
     // A writer records the data-checksum verdict in the superblock before
-    // applying what it kept on that verdict: the in-place writes below may
-    // change bytes those checksums describe (a copied L2 table and the
-    // update of it), and a crash before the header write would otherwise
-    // make the next replay drop an acknowledged transaction. The data was
-    // read, but after a killed process it may sit in the page cache only:
-    // it is made durable before the superblock vouches for it.
+    // it writes in place anything those checksums describe (a copied L2
+    // table, which the same transaction updates): a crash before the header
+    // write would otherwise make the next replay drop an acknowledged
+    // transaction. Decided once everything is applied (RecordVerdictLocked
+    // before a write-back midway, to be safe): data clusters alone, the
+    // usual case, need no verdict.
     JournalVerifiedFn verified;
     if (!read_only_)
-      verified = [&](const JournalSuperblock& sb, uint64_t through) -> Status {
-        if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-        QCOW2J_RETURN_IF_ERROR(file_->Sync());  // copied L2 tables live in the image file
-        return MarkJournalVerified(file_.get(), *jext_, sb, through).status();
+      verified = [&](const JournalSuperblock& sb, uint64_t through, const std::vector<DataChecksum>& sums) {
+        jverdict_ = PendingVerdict{sb, through, {}};
+        for (const DataChecksum& d : sums) jverdict_->ranges.emplace_back(d.host_offset, d.length);
+        return Status::OK();
       };
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
@@ -631,6 +661,7 @@ Status Qcow2Image::ReplayJournal() {
                   "image '" + path_ + "': replaying its journal needs more than " +
                   std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
                   " MiB of memory; open it read-write to replay it in place");
+            QCOW2J_RETURN_IF_ERROR(RecordVerdictLocked());
             QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
           }
           return Status::OK();
@@ -669,6 +700,8 @@ Status Qcow2Image::ReplayJournal() {
   // keeps until the header write, so a crash anywhere before it leaves the
   // bit set and replay writes the same values again.
   const bool was_dirty = header_.incompatible_features & kIncompatDirty;
+  if (jverdict_ && !VerdictNeededLocked()) jverdict_.reset();
+  QCOW2J_RETURN_IF_ERROR(RecordVerdictLocked());
   QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
   QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty, /*after_replay=*/true));
   recovery_report_ = report;

@@ -97,7 +97,13 @@ Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
   }
   plan.dropped = pending.size() - keep;
   plan.verified = last_checked;
-  if (last_checked && verified) QCOW2J_RETURN_IF_ERROR(verified(*sb, pending[last_checked - 1].sequence));
+  if (last_checked && verified) {
+    std::vector<DataChecksum> sums;
+    for (size_t i = 0; i < last_checked; i++)
+      for (const JournalRecord& r : pending[i].records)
+        if (const DataChecksum* d = std::get_if<DataChecksum>(&r)) sums.push_back(*d);
+    QCOW2J_RETURN_IF_ERROR(verified(*sb, pending[last_checked - 1].sequence, sums));
+  }
   for (size_t i = 0; i < keep; i++) QCOW2J_RETURN_IF_ERROR(applied(pending[i]));
   return plan;
 }

@@ -31,12 +31,12 @@ struct JournalReplayPlan {
 using JournalApplyFn = std::function<Status(const JournalTransaction&)>;
 
 // Called at most once, before the first transaction kept on the strength of
-// its data checksums is applied, with the superblock in force and the last
-// such sequence: a writer makes that verdict durable there
-// (MarkJournalVerified), because writing those transactions' tables in
-// place may overwrite bytes their checksums describe, and a later replay
-// would then drop them.
-using JournalVerifiedFn = std::function<Status(const JournalSuperblock& sb, uint64_t through)>;
+// its data checksums is applied, with the superblock in force, the last
+// such sequence and the checksums verified: a writer makes that verdict
+// durable (MarkJournalVerified) before it writes in place any byte those
+// checksums describe, or a later replay would drop those transactions.
+using JournalVerifiedFn = std::function<Status(const JournalSuperblock& sb, uint64_t through,
+                                              const std::vector<DataChecksum>& sums)>;
 
 // Scans the ring of `ext` in `file` (the image file) and hands each committed
 // transaction to `apply` as soon as it is known to stand: once a later frame
