@@ -39,6 +39,21 @@ RefcountManager::RefcountManager(const Config& c)
 
 uint64_t RefcountManager::MaxRefcount() const { return qcow2j::MaxRefcount(order_); }
 
+bool RefcountManager::MeetsRefcountMetadata(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) const {
+  std::vector<uint64_t> blocks;
+  for (uint64_t e : table_)
+    if (e & kRefcountTableOffsetMask) blocks.push_back(e & kRefcountTableOffsetMask);
+  std::sort(blocks.begin(), blocks.end());
+  const uint64_t table_end = table_offset_ + (uint64_t{table_clusters_} << cluster_bits_);
+  for (auto [off, len] : ranges) {
+    if (off < table_end && table_offset_ < off + len) return true;
+    // The last block starting before the range's end.
+    auto it = std::lower_bound(blocks.begin(), blocks.end(), off + len);
+    if (it != blocks.begin() && *std::prev(it) + cluster_size_ > off) return true;
+  }
+  return false;
+}
+
 Status RefcountManager::Load() {
   if (table_clusters_ && table_offset_ >= cfg_.file_size)
     return Status::Corruption("the refcount table (" + Hex(table_offset_) +

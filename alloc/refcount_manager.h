@@ -12,11 +12,13 @@
 #ifndef QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 #define QCOW2J_ALLOC_REFCOUNT_MANAGER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "journal/journal_record.h"
@@ -97,6 +99,13 @@ class RefcountManager {
   // engine's lock (range checks of lock-free reads) may call this; only
   // writers need the lock.
   uint64_t end_offset() const { return end_.load(std::memory_order_relaxed); }
+  // Appends start at `offset` or later from now on: free clusters below it
+  // (e.g. a freed journal area still being punched) are left alone until a
+  // later open.
+  void AppendPast(uint64_t offset) { end_ = std::max(end_.load(), offset); }
+  // Whether any of the (offset, length) ranges meets the refcount table or
+  // a block it names: bytes a write-back may rewrite.
+  bool MeetsRefcountMetadata(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) const;
   uint64_t table_offset() const { return table_offset_; }
   uint32_t table_clusters() const { return table_clusters_; }
   uint64_t cluster_size() const { return cluster_size_; }

@@ -42,7 +42,7 @@ constexpr size_t kExtFlags = 20;
 constexpr size_t kSbMagic = 0;
 constexpr size_t kSbVersion = 4;
 constexpr size_t kSbSectorSize = 8;
-constexpr size_t kSbReserved = 12;
+constexpr size_t kSbVerifiedCount = 12;
 constexpr size_t kSbAreaSize = 16;
 constexpr size_t kSbTailOffset = 24;
 constexpr size_t kSbTailSequence = 32;
@@ -139,7 +139,7 @@ std::vector<uint8_t> EncodeJournalSuperblock(const JournalSuperblock& sb) {
   StoreBE32(&out[kSbMagic], kJournalSuperblockMagic);
   StoreBE32(&out[kSbVersion], sb.version);
   StoreBE32(&out[kSbSectorSize], sb.sector_size);
-  StoreBE32(&out[kSbReserved], 0);
+  StoreBE32(&out[kSbVerifiedCount], sb.verified_count);
   StoreBE64(&out[kSbAreaSize], sb.area_size);
   StoreBE64(&out[kSbTailOffset], sb.tail_offset);
   StoreBE64(&out[kSbTailSequence], sb.tail_sequence);
@@ -179,8 +179,13 @@ Result<JournalSuperblock> DecodeJournalSuperblock(std::span<const uint8_t> secto
                                 " is not supported (this build reads version " +
                                 std::to_string(kJournalFormatVersion) + ")");
   }
-  const uint32_t reserved = LoadBE32(p + kSbReserved);
-  if (reserved != 0) return SbError("reserved", reserved, "is not zero");
+  sb.verified_count = LoadBE32(p + kSbVerifiedCount);
+  // Every transaction takes at least one sector of the ring.
+  if (sb.verified_count > ext.ring_bytes() / ext.sector_size) {
+    return SbError("verified_count", sb.verified_count,
+                   "exceeds the transactions the ring can hold (" +
+                       std::to_string(ext.ring_bytes() / ext.sector_size) + ")");
+  }
   if (sb.sector_size != ext.sector_size) {
     return SbError("sector_size", sb.sector_size,
                    "differs from the extension's " + std::to_string(ext.sector_size));

@@ -92,6 +92,15 @@ struct JournalSuperblock {
   uint64_t tail_sequence = 1;   // sequence of the transaction at tail_offset (>= 1)
   uint64_t checkpoint_number = 0;  // slot = checkpoint_number % 2
   JournalGeneration generation{};
+  // Transactions [tail_sequence, tail_sequence + verified_count) are
+  // confirmed: a read-write recovery verified the data checksums of the
+  // unconfirmed ones among them and synced that data before writing this
+  // superblock, and may then have written their tables in place (over bytes
+  // those checksums describe). 0 outside such a recovery.
+  uint32_t verified_count = 0;
+
+  // The highest sequence this superblock confirms (tail_sequence - 1 if none).
+  uint64_t verified_through() const { return tail_sequence - 1 + verified_count; }
 
   uint32_t slot() const { return static_cast<uint32_t>(checkpoint_number & 1); }
   bool operator==(const JournalSuperblock&) const = default;

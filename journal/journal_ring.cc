@@ -40,6 +40,21 @@ Result<JournalSuperblock> FormatJournal(File* file, const JournalExtension& ext,
   return sb;
 }
 
+Result<JournalSuperblock> MarkJournalVerified(File* file, const JournalExtension& ext,
+                                              const JournalSuperblock& sb, uint64_t through) {
+  if (through < sb.verified_through() || through - sb.tail_sequence + 1 > ext.ring_bytes() / ext.sector_size) {
+    return Status::InvalidArgument("journal: cannot mark sequences " + std::to_string(sb.tail_sequence) +
+                                   ".." + std::to_string(through) + " verified");
+  }
+  JournalSuperblock next = sb;
+  next.verified_count = static_cast<uint32_t>(through - sb.tail_sequence + 1);
+  next.checkpoint_number = sb.checkpoint_number + 1;  // the other slot: a torn write keeps `sb`
+  QCOW2J_RETURN_IF_ERROR(WriteSuperblock(file, ext, next));
+  Status s = file->Sync();
+  if (!s.ok()) return s.Annotate("syncing the journal superblock");
+  return next;
+}
+
 Result<JournalSuperblock> ReadJournalSuperblock(File* file, const JournalExtension& ext) {
   std::vector<uint8_t> sector(ext.sector_size);
   Result<JournalSuperblock> slots[kJournalSuperblockSlots] = {Status::NotFound("unread"),
@@ -148,6 +163,7 @@ Status JournalWriter::AdvanceTail(uint64_t first_live_sequence) {
   next.tail_offset = released < live_.size() ? live_[released].offset : head_;
   next.tail_sequence = first_live_sequence;
   next.checkpoint_number = sb_.checkpoint_number + 1;
+  next.verified_count = 0;  // every live transaction is confirmed by synced_through or the tail
   QCOW2J_RETURN_IF_ERROR(WriteSuperblock(file_, ext_, next));
   Status s = file_->Sync();
   if (!s.ok()) return s.Annotate("syncing the journal superblock");

@@ -36,6 +36,14 @@ Result<JournalSuperblock> FormatJournal(File* file, const JournalExtension& ext,
 // ChooseJournalSuperblock). I/O errors are returned as they are.
 Result<JournalSuperblock> ReadJournalSuperblock(File* file, const JournalExtension& ext);
 
+// Recovery's confirmation of transactions it kept on the strength of their
+// data checksums: writes `sb` with verified_count covering every sequence
+// up to `through` into the other slot, then syncs. The caller must have made
+// that data durable first (a sync), or a crash could leave a superblock
+// vouching for data that never landed. Returns the superblock now in force.
+Result<JournalSuperblock> MarkJournalVerified(File* file, const JournalExtension& ext,
+                                              const JournalSuperblock& sb, uint64_t through);
+
 // Appends transactions to the ring. Starts on an empty ring (after
 // FormatJournal, or after recovery checkpointed everything it replayed):
 // head = tail = sb.tail_offset. Not thread-safe: the group-commit layer

@@ -337,12 +337,31 @@ class Qcow2Image final : public Image {
   // legal only when a resize replayed later switched away from them (the
   // checkpoint wrote the new header in place before the tail moved).
   std::set<uint64_t> jreplay_stale_l1_;
+  // A read-write replay kept unconfirmed transactions on their data
+  // checksums: the verdict to record (MarkJournalVerified) before anything
+  // written in place could change the bytes those checksums describe.
+  struct PendingVerdict {
+    JournalSuperblock sb;
+    uint64_t through = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // (host offset, length)
+  };
+  std::optional<PendingVerdict> jverdict_;
+  // Records a pending verdict: sync (the verified data), superblock, sync.
+  Status RecordVerdictLocked();
+  // Whether the replay's in-place writes (dirty L2 slices, refcount
+  // metadata, the L1 table, the header) meet the pending verdict's ranges.
+  bool VerdictNeededLocked();
   // Background checkpoints: past the soft threshold (half the ring, or more
   // dirty tables than the caches hold) a commit asks this thread to write the
   // tables in place, so the guest flush that crossed it does not wait for
   // that. Past the hard threshold (3/4 of the ring, twice the caches) the
   // commit checkpoints inline. The thread takes meta_mu_ like any writer.
   std::thread checkpointer_;
+  std::thread jpunch_;  // punches the area a read-write recovery freed
+  // Before file_ goes (Close, a reload): the thread uses it.
+  void JoinAreaPunch() {
+    if (jpunch_.joinable()) jpunch_.join();
+  }
   std::condition_variable checkpoint_cv_;  // with meta_mu_
   bool checkpoint_wanted_ = false;
   bool checkpointer_stop_ = false;
@@ -356,20 +375,22 @@ class Qcow2Image final : public Image {
   // Frees the area and clears the journal bits (the ring must be empty, or
   // everything it holds written in place and not yet synced: the sync that
   // makes the area's release durable makes those writes durable too). A
-  // recovery (`after_replay`) leaves the freed area's bytes in the file
-  // unless they end it: punching a long ring costs more than the rest of
-  // the open, and the clusters are free (refcount 0) for the next allocation.
+  // recovery (`after_replay`) punches the freed area on a thread (jpunch_)
+  // unless background checkpoints are off (then inline) or it ends the file
+  // (then truncated).
   Status EndJournalSessionLocked(bool refcounts_clean, bool after_replay = false);
-  // Writes every table replay changed in place, without syncing (for
-  // EndJournalSessionLocked to sync once).
-  Status WriteReplayedTablesLocked();
+  // Writes every dirty table in place: refcounts, sync, L2 and L1 (and the
+  // stale header fields), sync. `replayed` (open-time recovery): without the
+  // syncs, for EndJournalSessionLocked to sync once.
+  Status WriteTablesInPlaceLocked(bool replayed);
   // Writes the header fields replay or a resize left stale (the resize
   // fields, the snapshot-table fields) and marks them current; no sync.
   Status WriteStaleHeaderFieldsLocked();
   // Journal flush: one transaction, one sync (checkpoints past the threshold).
   Status JournalFlushLocked();
-  // Writes every dirty table in place (refcounts, sync, L2 and L1, sync) and
-  // empties the ring: all the journal held is now in place.
+  // Confirms the last commit, writes every dirty table in place
+  // (WriteTablesInPlaceLocked) and empties the ring: all the journal held is
+  // now in place.
   Status CheckpointLocked();
   // Commits an empty transaction whose synced_through confirms the last one.
   Status ConfirmLocked();

@@ -147,22 +147,12 @@ Status Qcow2Image::CheckpointLocked() {
     }
     junconfirmed_.clear();
   }
-  // Like the flush without a journal: refcounts (and the data) first, then
-  // the tables that reference them. Whatever is written here either was
-  // committed already (replay rewrites the same values) or, when a
-  // transaction was too large for the ring, follows the journal-less order.
-  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
-  if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
-  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack());
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
-  QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
-  QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
-  QCOW2J_RETURN_IF_ERROR(file_->Sync());
+  // Whatever is written here either was committed already (replay rewrites
+  // the same values) or, when a transaction was too large for the ring,
+  // follows the journal-less order.
+  QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/false));
   if (jwriter_) QCOW2J_RETURN_IF_ERROR(jwriter_->AdvanceTail(jwriter_->next_sequence()));
   // Everything is in place: nothing left to journal.
-  refcounts_->ForgetChanges();
   jl2_.clear();
   jl1_.clear();
   jnew_tables_.clear();
@@ -171,7 +161,6 @@ Status Qcow2Image::CheckpointLocked() {
   jsums_.clear();
   jsum_bytes_ = 0;
   jsums_ok_ = true;
-  jcheckpoints_++;
   return Status::OK();
 }
 
@@ -192,16 +181,21 @@ Status Qcow2Image::WriteStaleHeaderFieldsLocked() {
   return Status::OK();
 }
 
-Status Qcow2Image::WriteReplayedTablesLocked() {
-  // As CheckpointLocked, minus the syncs and the tail move (recovery has no
-  // journal writer: the header write that ends the session retires the ring).
+Status Qcow2Image::WriteTablesInPlaceLocked(bool replayed) {
+  // Like the flush without a journal: refcounts (and the data) first, then
+  // the tables that reference them, with a sync after each step. After a
+  // replay neither sync is needed: every byte written is a committed record
+  // that the ring keeps until the header write that ends the session, so a
+  // crash anywhere before it replays the same values again.
   QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
   if (size < refcounts_->end_offset()) QCOW2J_RETURN_IF_ERROR(file_->Truncate(refcounts_->end_offset()));
   if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
-  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(/*replayed=*/true));
+  QCOW2J_RETURN_IF_ERROR(refcounts_->WriteBack(replayed));
+  if (!replayed) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   QCOW2J_RETURN_IF_ERROR(l2_cache_->FlushDirty());
   QCOW2J_RETURN_IF_ERROR(WriteL1Locked());
   QCOW2J_RETURN_IF_ERROR(WriteStaleHeaderFieldsLocked());
+  if (!replayed) QCOW2J_RETURN_IF_ERROR(file_->Sync());
   refcounts_->ForgetChanges();
   jcheckpoints_++;
   return Status::OK();
@@ -417,7 +411,19 @@ Status Qcow2Image::EndJournalSessionLocked(bool refcounts_clean, bool after_repl
     QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
     if (area.area_offset + area.area_size >= size && area.area_offset + area.area_size >= refcounts_->end_offset()) {
       QCOW2J_RETURN_IF_ERROR(file_->Truncate(area.area_offset));
-    } else if (!after_replay) {
+    } else if (after_replay && opts_.background_checkpoints) {
+      // Punching a long ring drops its cached pages and extents, which cost
+      // as much as the rest of the open: a thread does it while the image
+      // is in use. Nothing else may write those bytes meanwhile: their
+      // refcounts are 0, so appends would reuse them, and are told to start
+      // past the area instead (a later open reuses the hole); they are not
+      // in the free list (only clusters this session frees are), and Close
+      // joins the thread. An error costs only space.
+      refcounts_->AppendPast(area.area_offset + area.area_size);
+      jpunch_ = std::thread([f = file_.get(), area] { (void)f->PunchHole(area.area_offset, area.area_size); });
+    } else {
+      // (After a replay with background_checkpoints off too, so that the
+      // crash kit sees the same I/O sequence every run.)
       Status s = file_->PunchHole(area.area_offset, area.area_size);
       if (!s.ok() && s.code() != Code::kNotSupported) return s;
     }
@@ -589,11 +595,55 @@ Status Qcow2Image::ApplyL2CopiedRun(const L2CopiedRun& r) {
   return Status::OK();
 }
 
+Status Qcow2Image::RecordVerdictLocked() {
+  if (!jverdict_) return Status::OK();
+  // The data was read, but after a killed process it may sit in the page
+  // cache only: durable before the superblock vouches for it.
+  if (data_file_ != file_.get()) QCOW2J_RETURN_IF_ERROR(data_file_->Sync());
+  QCOW2J_RETURN_IF_ERROR(file_->Sync());  // copied L2 tables live in the image file
+  QCOW2J_RETURN_IF_ERROR(MarkJournalVerified(file_.get(), *jext_, jverdict_->sb, jverdict_->through).status());
+  jverdict_.reset();
+  return Status::OK();
+}
+
+bool Qcow2Image::VerdictNeededLocked() {
+  // Every write of the recovery from here on: dirty L2 slices, refcount
+  // blocks and table (the area's release included), the L1 table, the
+  // header's cluster. (Slices written back midway were written after
+  // RecordVerdictLocked, or before the checksums were verified.)
+  const uint64_t l1_end = header_.l1_table_offset + l1_.size() * 8;
+  for (auto [off, len] : jverdict_->ranges) {
+    if (off < cluster_size_ || (off < l1_end && header_.l1_table_offset < off + len)) return true;
+    for (uint64_t s = off & ~uint64_t{slice_bytes_ - 1}; s < off + len; s += slice_bytes_) {
+      TableCache::Table* t = l2_cache_->Get(s);
+      if (!t) continue;
+      const bool dirty = t->dirty();
+      l2_cache_->Release(t);
+      if (dirty) return true;
+    }
+  }
+  return refcounts_->MeetsRefcountMetadata(jverdict_->ranges);
+}
+
 Status Qcow2Image::ReplayJournal() {
   if (!jext_ || !(header_.incompatible_features & kIncompatJournal) || snapshot_index_ >= 0)
     return Status::OK();
   std::string report;
   if (jext_->has_area()) {
+    // A writer records the data-checksum verdict in the superblock before
+    // it writes in place anything those checksums describe (a copied L2
+    // table, which the same transaction updates): a crash before the header
+    // write would otherwise make the next replay drop an acknowledged
+    // transaction. Decided once everything is applied (RecordVerdictLocked
+    // before a write-back midway, to be safe): data clusters alone, the
+    // usual case, need no verdict.
+    JournalVerifiedFn verified;
+    if (!read_only_)
+      verified = [&](const JournalSuperblock& sb, uint64_t through, const std::vector<DataChecksum>& sums) {
+        jverdict_ = PendingVerdict{sb, through, {}};
+        for (const DataChecksum& d : sums) jverdict_->ranges.emplace_back(d.host_offset, d.length);
+        return Status::OK();
+      };
     auto plan = ReplayJournalRing(
         file_.get(), data_file_, *jext_, [&](const JournalTransaction& t) -> Status {
           for (const JournalRecord& r : t.records) {
@@ -611,10 +661,12 @@ Status Qcow2Image::ReplayJournal() {
                   "image '" + path_ + "': replaying its journal needs more than " +
                   std::to_string(l2_cache_->dirty_count() * slice_bytes_ >> 20) +
                   " MiB of memory; open it read-write to replay it in place");
-            QCOW2J_RETURN_IF_ERROR(CheckpointLocked());
+            QCOW2J_RETURN_IF_ERROR(RecordVerdictLocked());
+            QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
           }
           return Status::OK();
-        });
+        },
+        verified);
     if (!plan.ok())
       return plan.status().Annotate("image '" + path_ + "': journal recovery failed; `qcow2j check -r all` "
                                     "rebuilds the metadata without it");
@@ -641,13 +693,16 @@ Status Qcow2Image::ReplayJournal() {
     return Status::OK();
   }
   // Write the result in place and close the journal as a clean close would,
-  // in two syncs: the tables with the area's release, then the header. A
+  // in two syncs (after the verdict's two, if there was one): the tables
+  // with the area's release, then the header. A
   // checkpoint's own ordering (refcounts, sync, tables, sync, tail, sync) is
   // not needed here: every byte written is a committed record that the ring
   // keeps until the header write, so a crash anywhere before it leaves the
   // bit set and replay writes the same values again.
   const bool was_dirty = header_.incompatible_features & kIncompatDirty;
-  QCOW2J_RETURN_IF_ERROR(WriteReplayedTablesLocked());
+  if (jverdict_ && !VerdictNeededLocked()) jverdict_.reset();
+  QCOW2J_RETURN_IF_ERROR(RecordVerdictLocked());
+  QCOW2J_RETURN_IF_ERROR(WriteTablesInPlaceLocked(/*replayed=*/true));
   QCOW2J_RETURN_IF_ERROR(EndJournalSessionLocked(/*refcounts_clean=*/!was_dirty, /*after_replay=*/true));
   recovery_report_ = report;
   return Status::OK();

@@ -224,6 +224,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
     refcounts_.reset();
     l2_cache_.reset();
     jext_.reset();
+    JoinAreaPunch();
     file_.reset();
     data_file_owned_.reset();
     QCOW2J_RETURN_IF_ERROR(Load(path, opts, depth));

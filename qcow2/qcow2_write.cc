@@ -986,6 +986,7 @@ Status Qcow2Image::Flush() {
 }
 
 Status Qcow2Image::Close() {
+  JoinAreaPunch();
   if (closed_) return Status::OK();
   StopCheckpointer();  // close checkpoints itself, below
   // A writer that never finished opening has nothing to flush; one that

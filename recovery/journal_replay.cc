@@ -34,7 +34,8 @@ Result<uint64_t> HashRange(File* file, uint64_t offset, uint64_t length) {
 
 Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
                                             const JournalExtension& ext,
-                                            const JournalApplyFn& apply) {
+                                            const JournalApplyFn& apply,
+                                            const JournalVerifiedFn& verified) {
   JournalReplayPlan plan;
   auto sb = ReadJournalSuperblock(file, ext);
   if (!sb.ok()) return sb.status().Annotate("journal at " + Hex(ext.area_offset));
@@ -59,9 +60,10 @@ Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
       txn = std::move(spare.back());
       spare.pop_back();
     }
-    // Confirmed: covered by a durable frame's synced_through (or below the
-    // tail). max_synced_through only grows, so this never changes its mind.
-    const uint64_t confirmed = std::max(reader.max_synced_through(), sb->tail_sequence - 1);
+    // Confirmed: covered by a durable frame's synced_through, below the tail
+    // or vouched for by an earlier recovery (verified_count).
+    // max_synced_through only grows, so this never changes its mind.
+    const uint64_t confirmed = std::max(reader.max_synced_through(), sb->verified_through());
     while (!pending.empty() && pending.front().sequence <= confirmed) {
       QCOW2J_RETURN_IF_ERROR(applied(pending.front()));
       spare.push_back(std::move(pending.front()));
@@ -73,10 +75,13 @@ Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
   // What is left is unconfirmed: keep the prefix whose data all landed,
   // checking every one before applying any.
   size_t keep = pending.size();
+  size_t last_checked = 0;  // 1 + the index of the last kept one with data checksums
   for (size_t i = 0; i < pending.size() && keep == pending.size(); i++) {
+    bool sums = false;
     for (const JournalRecord& r : pending[i].records) {
       const DataChecksum* d = std::get_if<DataChecksum>(&r);
       if (!d) continue;
+      sums = true;
       auto h = HashRange(data_file, d->host_offset, d->length);
       if (!h.ok()) return h.status().Annotate("journal replay: data of transaction " +
                                               std::to_string(pending[i].sequence));
@@ -88,8 +93,17 @@ Result<JournalReplayPlan> ReplayJournalRing(File* file, File* data_file,
         break;
       }
     }
+    if (sums && keep == pending.size()) last_checked = i + 1;
   }
   plan.dropped = pending.size() - keep;
+  plan.verified = last_checked;
+  if (last_checked && verified) {
+    std::vector<DataChecksum> sums;
+    for (size_t i = 0; i < last_checked; i++)
+      for (const JournalRecord& r : pending[i].records)
+        if (const DataChecksum* d = std::get_if<DataChecksum>(&r)) sums.push_back(*d);
+    QCOW2J_RETURN_IF_ERROR(verified(*sb, pending[last_checked - 1].sequence, sums));
+  }
   for (size_t i = 0; i < keep; i++) QCOW2J_RETURN_IF_ERROR(applied(pending[i]));
   return plan;
 }
@@ -98,6 +112,8 @@ std::string DescribeReplay(const JournalReplayPlan& plan) {
   std::string s = "journal: replayed " + std::to_string(plan.transactions) + " transaction" +
                   (plan.transactions == 1 ? "" : "s") + " (" + std::to_string(plan.records) +
                   " records, " + std::to_string((plan.bytes + 1023) >> 10) + " KiB)";
+  if (plan.verified)
+    s += ", " + std::to_string(plan.verified) + " unconfirmed kept (data checksums match)";
   if (plan.dropped)
     s += ", dropped " + std::to_string(plan.dropped) + " unconfirmed (" + plan.dropped_reason + ")";
   return s;

@@ -101,6 +101,41 @@ void WritePattern(Image* img, uint64_t off, size_t len, uint8_t v) {
   ASSERT_TRUE(s.ok()) << s.ToString();
 }
 
+// A journaled image of `size` bytes, open read-write, with [0, len) written
+// as `v` and, with `flush`, committed (nullptr after a failure, reported).
+std::unique_ptr<Image> CreateAndWrite(const std::string& path, uint64_t size, size_t len, uint8_t v,
+                                      bool flush = false) {
+  Create(path, size);
+  auto image = OpenRw(path);
+  if (!image) return nullptr;
+  std::vector<uint8_t> b(len, v);
+  Status s = image->Write(0, b.data(), b.size());
+  if (s.ok() && flush) s = image->Flush();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return s.ok() ? std::move(image) : nullptr;
+}
+
+uint64_t Incompatible(const std::string& path) { return test::PeekBe64(path, 72); }
+
+// A read-write open of a crashed image replays (its report says `report`)
+// and the close leaves the journal bit clear.
+void ExpectReadWriteRecovery(const std::string& path, const std::string& report) {
+  auto rw = OpenRw(path);
+  ASSERT_TRUE(rw);
+  EXPECT_NE(rw->Info().recovery_report.find(report), std::string::npos) << rw->Info().recovery_report;
+  ASSERT_TRUE(rw->Close().ok());
+  EXPECT_EQ(Incompatible(path) & kIncompatJournal, 0u);
+}
+
+// Our engine reads every (offset, len, pattern) back.
+void ExpectReads(Image* img, const std::vector<std::tuple<uint64_t, uint64_t, int>>& reads) {
+  for (auto [off, len, p] : reads) {
+    std::vector<uint8_t> b(len);
+    ASSERT_TRUE(img->Read(off, b.data(), len).ok());
+    EXPECT_EQ(b, std::vector<uint8_t>(len, static_cast<uint8_t>(p))) << "offset " << off;
+  }
+}
+
 // qemu-io reads every (offset, len, pattern) back.
 void ExpectQemuReads(const std::string& path,
                      const std::vector<std::tuple<uint64_t, uint64_t, int>>& reads) {
@@ -117,7 +152,6 @@ void ExpectQemuClean(const std::string& path) {
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
 }
 
-uint64_t Incompatible(const std::string& path) { return test::PeekBe64(path, 72); }
 uint64_t Autoclear(const std::string& path) { return test::PeekBe64(path, 88); }
 
 // A copy of the file as it is now, taken while the image is still open:
@@ -194,11 +228,8 @@ TEST(JournalEngineTest, CheckpointsRunInTheBackgroundPastHalfTheRing) {
 TEST(JournalEngineTest, QemuRefusesAnImageWithUncheckpointedTransactions) {
   test::TempDir dir;
   std::string img = dir.Path("a.qcow2");
-  Create(img, 64 << 20);
-  auto image = OpenRw(img);
+  auto image = CreateAndWrite(img, 64 << 20, 65536, 0x5a, /*flush=*/true);
   ASSERT_TRUE(image);
-  WritePattern(image.get(), 0, 65536, 0x5a);
-  ASSERT_TRUE(image->Flush().ok());
   std::string copy = CrashCopy(img, "copy.qcow2");
   auto r = test::Run("qemu-img info " + test::Quote(copy));
   EXPECT_NE(r.exit_code, 0);
@@ -211,10 +242,8 @@ TEST(JournalEngineTest, QemuRefusesAnImageWithUncheckpointedTransactions) {
 TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) {
   test::TempDir dir;
   std::string img = dir.Path("a.qcow2");
-  Create(img, 1ull << 30);
-  auto image = OpenRw(img);
+  auto image = CreateAndWrite(img, 1ull << 30, 3 * 65536, 0x11);
   ASSERT_TRUE(image);
-  WritePattern(image.get(), 0, 3 * 65536, 0x11);
   WritePattern(image.get(), 700ull << 20, 12345, 0x22);  // another L2 table
   ASSERT_TRUE(image->Flush().ok());
   ASSERT_TRUE(image->Discard(65536, 65536).ok());
@@ -239,21 +268,10 @@ TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) 
     ASSERT_TRUE(ro);
     EXPECT_NE(ro->Info().recovery_report.find("in memory"), std::string::npos)
         << ro->Info().recovery_report;
-    for (auto [off, len, p] : expect) {
-      std::vector<uint8_t> b(len);
-      ASSERT_TRUE(ro->Read(off, b.data(), len).ok());
-      EXPECT_EQ(b, std::vector<uint8_t>(len, static_cast<uint8_t>(p))) << "offset " << off;
-    }
+    ExpectReads(ro.get(), expect);
   }
   EXPECT_NE(Incompatible(crashed) & kIncompatJournal, 0u) << "a read-only open changes nothing";
-  {
-    auto rw = OpenRw(crashed);
-    ASSERT_TRUE(rw);
-    EXPECT_NE(rw->Info().recovery_report.find("journal: replayed 2 transactions"), std::string::npos)
-        << rw->Info().recovery_report;
-    ASSERT_TRUE(rw->Close().ok());
-  }
-  EXPECT_EQ(Incompatible(crashed) & kIncompatJournal, 0u);
+  ExpectReadWriteRecovery(crashed, "journal: replayed 2 transactions");
   ExpectQemuClean(crashed);
   ExpectQemuReads(crashed, expect);
   auto check = test::Run(test::Cli() + " check " + test::Quote(crashed));
@@ -267,11 +285,9 @@ TEST(JournalEngineTest, CrashedImageReplaysReadOnlyInMemoryAndReadWriteInPlace) 
 TEST(JournalEngineTest, L2CopiedRunAndSnapshotSwitchReplayIdempotently) {
   test::TempDir dir;
   std::string img = dir.Path("a.qcow2");
-  Create(img, 64ull << 20);
   {
-    auto image = OpenRw(img);
+    auto image = CreateAndWrite(img, 64ull << 20, 3 * 65536, 0x44);
     ASSERT_TRUE(image);
-    WritePattern(image.get(), 0, 3 * 65536, 0x44);
     ASSERT_TRUE(image->Close().ok());
   }
   uint64_t table = 0, l1_offset = 0;
@@ -314,12 +330,7 @@ TEST(JournalEngineTest, L2CopiedRunAndSnapshotSwitchReplayIdempotently) {
   commit(b, true);
   EXPECT_NE(Incompatible(a) & kIncompatJournal, 0u);
   for (const std::string& path : {a, b}) {
-    auto rw = OpenRw(path);
-    ASSERT_TRUE(rw);
-    EXPECT_NE(rw->Info().recovery_report.find("journal: replayed 1 transaction"), std::string::npos)
-        << rw->Info().recovery_report;
-    ASSERT_TRUE(rw->Close().ok());
-    EXPECT_EQ(Incompatible(path) & kIncompatJournal, 0u);
+    ExpectReadWriteRecovery(path, "journal: replayed 1 transaction");
     EXPECT_EQ(test::PeekBe64(path, l1_offset) & kOflagCopied, 0u);
     EXPECT_EQ(test::PeekBe64(path, table) & kOflagCopied, 0u) << "entry 0: cleared";
     EXPECT_NE(test::PeekBe64(path, table + 8) & kOflagCopied, 0u) << "entry 1: set again";
@@ -337,12 +348,10 @@ TEST(JournalEngineTest, L2CopiedRunAndSnapshotSwitchReplayIdempotently) {
 TEST(JournalEngineTest, ResizeThatMovesTheL1TableIsAJournalTransaction) {
   test::TempDir dir;
   std::string img = dir.Path("r.qcow2");
-  Create(img, 64ull << 20);  // one L1 entry: growing to 2 GiB moves the table
-  const uint64_t old_l1 = test::PeekBe64(img, 40);
-  auto image = OpenRw(img);
+  // One L1 entry: growing to 2 GiB moves the table.
+  auto image = CreateAndWrite(img, 64ull << 20, 65536, 0x41, /*flush=*/true);
   ASSERT_TRUE(image);
-  WritePattern(image.get(), 0, 65536, 0x41);
-  ASSERT_TRUE(image->Flush().ok());
+  const uint64_t old_l1 = test::PeekBe64(img, 40);  // a commit leaves the L1 table in place
   ASSERT_TRUE(image->Resize(2ull << 30, false).ok());
   WritePattern(image.get(), 1536ull << 20, 65536, 0x42);  // in the part the new L1 table covers
   ASSERT_TRUE(image->Flush().ok());
@@ -357,11 +366,7 @@ TEST(JournalEngineTest, ResizeThatMovesTheL1TableIsAJournalTransaction) {
     auto ro = OpenRo(crashed);
     ASSERT_TRUE(ro);
     EXPECT_EQ(ro->size(), 2ull << 30);
-    for (auto [off, len, p] : expect) {
-      std::vector<uint8_t> b(len);
-      ASSERT_TRUE(ro->Read(off, b.data(), len).ok());
-      EXPECT_EQ(b, std::vector<uint8_t>(len, static_cast<uint8_t>(p))) << "offset " << off;
-    }
+    ExpectReads(ro.get(), expect);
   }
   {
     auto rw = OpenRw(crashed);
@@ -380,11 +385,8 @@ TEST(JournalEngineTest, ResizeThatMovesTheL1TableIsAJournalTransaction) {
 TEST(JournalEngineTest, UnconfirmedTransactionWhoseDataDidNotLandIsDropped) {
   test::TempDir dir;
   std::string img = dir.Path("a.qcow2");
-  Create(img, 64 << 20);
-  auto image = OpenRw(img);
+  auto image = CreateAndWrite(img, 64 << 20, 65536, 0x41, /*flush=*/true);
   ASSERT_TRUE(image);
-  WritePattern(image.get(), 0, 65536, 0x41);
-  ASSERT_TRUE(image->Flush().ok());
   WritePattern(image.get(), 8 << 20, 4096, 0x42);
   ASSERT_TRUE(image->Flush().ok());  // the last transaction: not confirmed by a later one
   std::string crashed = CrashCopy(img, "crashed.qcow2");

@@ -184,7 +184,7 @@ TEST(JournalSuperblockTest, FieldRulesNameTheField) {
   const BadSuperblock cases[] = {
       {"version", 4, 4, 2, Code::kNotSupported},
       {"sector_size", 8, 4, 512, Code::kCorruption},
-      {"reserved", 12, 4, 1, Code::kCorruption},
+      {"verified_count", 12, 4, 0xffffffff, Code::kCorruption},
       {"area_size", 16, 8, ext.area_size * 2, Code::kCorruption},
       {"tail_offset", 24, 8, 0, Code::kCorruption},
       {"tail_offset", 24, 8, ext.sector_size, Code::kCorruption},  // a superblock slot

@@ -604,5 +604,27 @@ TEST_P(JournalRingTest, RandomOperationsMatchTheModel) {
   }
 }
 
+// A recovery's verdict goes into the other slot and wins; the tail and the
+// frames stay.
+TEST_P(JournalRingTest, MarkVerifiedWritesTheOtherSlotAndKeepsTheTail) {
+  Append(1);
+  Append(1);
+  Append(1);
+  Sync();
+  Result<JournalSuperblock> sb = ReadJournalSuperblock(file_.get(), ext_);
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  EXPECT_FALSE(MarkJournalVerified(file_.get(), ext_, *sb, sb->tail_sequence - 2).ok());
+  Result<JournalSuperblock> marked = MarkJournalVerified(file_.get(), ext_, *sb, sb->tail_sequence + 2);
+  ASSERT_TRUE(marked.ok()) << marked.status().ToString();
+  Result<JournalSuperblock> now = ReadJournalSuperblock(file_.get(), ext_);
+  ASSERT_TRUE(now.ok()) << now.status().ToString();
+  EXPECT_EQ(*now, *marked);
+  EXPECT_EQ(now->slot(), 1 - sb->slot());
+  EXPECT_EQ(now->tail_offset, sb->tail_offset);
+  EXPECT_EQ(now->verified_count, 3u);
+  EXPECT_EQ(now->verified_through(), sb->tail_sequence + 2);
+  ExpectScanMatchesModel();
+}
+
 }  // namespace
 }  // namespace qcow2j
