@@ -308,6 +308,10 @@ struct VerifyExtras {
   bool* reused = nullptr;
   std::string dump_dir;  // a failing state's files go here ("" : nowhere)
   bool keep_all = false;  // no crash: every operation kept
+  // With the journal: crash the recovery too (CrashTestOptions::recovery_crash_every).
+  bool crash_recovery = false;
+  CrashModel model = CrashModel::kPrefix;  // the state's fault model, for the recovery's crash
+  bool* recovery_crashed = nullptr;
 };
 
 Status Violation(const std::string& m) { return Status::Corruption(m); }
@@ -596,7 +600,16 @@ class WorkloadImpl final : public CrashWorkload {
     auto History = [&] { return FileOps(point) + this->History(); };
 
     // 0. Recovery: with a journal, a read-write open replays it (and a
-    // clean close leaves plain qcow2), as any user's next open would.
+    // clean close leaves plain qcow2), as any user's next open would. On a
+    // sample, that recovery is itself cut short by a crash first: whatever
+    // of it reached the disk, the next recovery must end in the same place.
+    std::unique_ptr<MemoryEnv> after_crashed_recovery;
+    if (cfg_.journal && x.crash_recovery) {
+      bool crashed = false;
+      Status r = CrashRecovery(&st, &after_crashed_recovery, seed, x.model, &crashed);
+      if (!r.ok()) return Violation(at + ": " + r.ToString() + "\n" + History());
+      if (x.recovery_crashed) *x.recovery_crashed = crashed;
+    }
     if (cfg_.journal) {
       OpenOptions ro;
       ro.env = st;
@@ -692,6 +705,53 @@ class WorkloadImpl final : public CrashWorkload {
       QCOW2J_RETURN_IF_ERROR(Reuse(st, seed, at, copied_ok));
       if (x.reused) *x.reused = true;
     }
+    return Status::OK();
+  }
+
+  // Runs the read-write recovery of the state in *st on a crash-recording
+  // Env, then replaces *st (held by *holder) with the disk as it could be
+  // after a crash at a point of that recovery's own I/O, drawn from `seed`,
+  // under `model`. *crashed: whether the recovery did any I/O to cut short.
+  static Status CrashRecovery(MemoryEnv** st, std::unique_ptr<MemoryEnv>* holder, uint64_t seed,
+                              CrashModel model, bool* crashed) {
+    CrashEnv rec_env(*st);
+    {
+      OpenOptions ro;
+      ro.env = &rec_env;
+      ro.format = "qcow2";
+      ro.read_only = false;
+      ro.background_checkpoints = false;  // its I/O in one order: a seed replays it
+      auto rec = Image::Open(kImage, ro);
+      if (!rec.ok()) return rec.status().Annotate("recovery (read-write open) failed");
+      QCOW2J_RETURN_IF_ERROR((*rec)->Close().Annotate("close after recovery failed"));
+    }
+    const uint64_t ops = rec_env.op_count();
+    *crashed = ops > 0;
+    if (!*crashed) return Status::OK();
+    auto out = NewMemoryEnvForTest();
+    // Files the recovery did not open (the backing file) stay as they are.
+    for (const char* name : {kImage, kBacking}) {
+      if (!(*st)->Exists(name)) continue;
+      QCOW2J_ASSIGN_OR_RETURN(PagedBytes bytes, (*st)->Share(name));
+      QCOW2J_RETURN_IF_ERROR(out->Install(name, std::move(bytes)));
+    }
+    CrashStateOptions so;
+    so.model = model;
+    so.seed = Mix64(seed ^ 3);
+    so.atom = (Mix64(seed ^ 4) & 1) ? 4096 : 512;
+    // A crash inside: anywhere before its last operation, or (every other
+    // time) just before one of its syncs, where the most is written and not
+    // yet durable.
+    std::vector<uint64_t> syncs;
+    for (uint64_t i = 0; i < ops; i++)
+      if (rec_env.op(i).kind == CrashOp::kSync) syncs.push_back(i);
+    const uint64_t pick = Mix64(seed ^ 5);
+    const uint64_t point = (pick & 1) && !syncs.empty() ? syncs[(pick >> 1) % syncs.size()] : (pick >> 1) % ops;
+    QCOW2J_RETURN_IF_ERROR(rec_env.BuildCrashState(point, so, out.get())
+                               .Annotate("building the state of a crash at operation " + std::to_string(point) +
+                                         " of " + std::to_string(ops) + " of the recovery"));
+    *holder = std::move(out);
+    *st = holder->get();
     return Status::OK();
   }
 
@@ -1181,10 +1241,14 @@ CrashTestResult RunJob(const CrashTestOptions& opts, uint64_t seed, uint64_t sta
       VerifyExtras x;
       x.qemu_check = have_qemu && Mix64(state_seed ^ 1) % opts.qemu_check_every == 0;
       x.reuse = opts.reuse_every && Mix64(state_seed ^ 2) % opts.reuse_every == 0;
+      x.crash_recovery =
+          opts.recovery_crash_every && Mix64(state_seed ^ 6) % opts.recovery_crash_every == 0;
+      x.model = model;
       x.qemu_img = opts.qemu_img;
       x.temp_dir = opts.temp_dir;
       if (res.violations == 0) x.dump_dir = opts.dump_dir;
-      bool leaked = false, qemu_ran = false, reused = false;
+      bool leaked = false, qemu_ran = false, reused = false, recovery_crashed = false;
+      x.recovery_crashed = &recovery_crashed;
       x.leaked = &leaked;
       x.qemu_ran = &qemu_ran;
       x.reused = &reused;
@@ -1194,6 +1258,7 @@ CrashTestResult RunJob(const CrashTestOptions& opts, uint64_t seed, uint64_t sta
       res.leaky_states += leaked;
       res.qemu_checks += qemu_ran;
       res.reused += reused;
+      res.recovery_crashes += recovery_crashed;
       if (!s.ok()) {
         fail(run_seed, w.DescribeConfig() + ": " + s.message());
         if (res.violations >= std::max<uint64_t>(1, opts.max_violations)) break;
@@ -1251,6 +1316,7 @@ CrashTestResult RunCrashTest(const CrashTestOptions& opts) {
     res.leaky_states += p.leaky_states;
     res.qemu_checks += p.qemu_checks;
     res.reused += p.reused;
+    res.recovery_crashes += p.recovery_crashes;
     if (res.failure.empty() && !p.failure.empty()) {
       res.failure = p.failure;
       res.failing_run_seed = p.failing_run_seed;

@@ -11,7 +11,8 @@
 //     documented to leak at worst);
 //   - the virtual size is one the disk had at that flush or was resized
 //     to since;
-//   - on a sample, qemu-img check agrees, and the engine can keep writing.
+//   - on a sample, qemu-img check agrees, and the engine can keep writing;
+//   - on a sample, a crash during the recovery itself changes none of this.
 // `qcow2j crashtest` and tests/crash drive this.
 #ifndef QCOW2J_CRASHTEST_H_
 #define QCOW2J_CRASHTEST_H_
@@ -56,6 +57,12 @@ struct CrashTestOptions {
   // Every Nth state is also opened read-write, written, flushed, closed and
   // checked again (0: never).
   uint64_t reuse_every = 8;
+  // Every Nth state of an image with the journal also has its recovery
+  // crash: the read-write open that replays the journal runs on a
+  // crash-recording Env, and the disk as a crash at a random point of that
+  // open's own I/O (same fault model) could leave it is what is recovered
+  // again and checked (0: never).
+  uint64_t recovery_crash_every = 4;
   uint64_t max_violations = 1;  // stop after this many (per job)
   // Worker threads, each with its own stream of runs (job 0 is the
   // single-job stream of `seed`, job j > 0 a seed derived from it) and an
@@ -78,6 +85,7 @@ struct CrashTestResult {
   uint64_t leaky_states = 0;     // CheckImage found leaks (allowed without a journal)
   uint64_t qemu_checks = 0;      // qemu-img check runs
   uint64_t reused = 0;           // states reopened read-write and written
+  uint64_t recovery_crashes = 0; // states whose recovery crashed and was recovered again
   uint64_t failing_run_seed = 0; // first violation's run seed (replay_run_seed)
   std::string failure;           // first violation: what, where, and the request sequence
 };

@@ -54,8 +54,10 @@ TEST(CrashTest, ThousandsOfStatesAcrossTheThreeModels) {
             << r.states_by_model[0] << ", subset " << r.states_by_model[1] << ", torn "
             << r.states_by_model[2] << "), " << r.violations << " violations, " << r.leaky_states
             << " with leaks, " << r.qemu_checks << " qemu-img checks, " << r.reused
-            << " reused read-write, " << r.runs << " runs\n";
+            << " reused read-write, " << r.recovery_crashes << " recoveries crashed and recovered again, "
+            << r.runs << " runs\n";
   EXPECT_EQ(r.states, o.states);
+  EXPECT_GT(r.recovery_crashes, 0u);
   EXPECT_GT(r.states_by_model[0], 0u);
   EXPECT_GT(r.states_by_model[1], 0u);
   EXPECT_GT(r.states_by_model[2], 0u);

@@ -110,14 +110,15 @@ int CmdCrashtest(int argc, char** argv) {
   };
   CrashTestResult r = RunCrashTest(o);
   std::printf("seed %llu: %llu runs; states by model: prefix %llu, subset %llu, torn %llu; "
-              "%llu with leaks; %llu qemu-img checks; %llu reused read-write\n",
+              "%llu with leaks; %llu qemu-img checks; %llu reused read-write; %llu recoveries crashed\n",
               static_cast<unsigned long long>(r.seed), static_cast<unsigned long long>(r.runs),
               static_cast<unsigned long long>(r.states_by_model[0]),
               static_cast<unsigned long long>(r.states_by_model[1]),
               static_cast<unsigned long long>(r.states_by_model[2]),
               static_cast<unsigned long long>(r.leaky_states),
               static_cast<unsigned long long>(r.qemu_checks),
-              static_cast<unsigned long long>(r.reused));
+              static_cast<unsigned long long>(r.reused),
+              static_cast<unsigned long long>(r.recovery_crashes));
   if (r.violations) {
     std::printf("first violation: run seed %llu\n%s\n",
                 static_cast<unsigned long long>(r.failing_run_seed), r.failure.c_str());
