@@ -5,9 +5,9 @@
 #                               suite and the libFuzzer targets (build-asan/fuzz/fuzz_*),
 #                               one build for both
 #   scripts/build.sh fuzz       the same as asan
-#   scripts/build.sh tsan       ThreadSanitizer in build-tsan/: only the test binary (the
-#                               tests in tests/tsan_tests.txt need neither the CLI nor the
-#                               nbdkit plugin, so neither is built)
+#   scripts/build.sh tsan       ThreadSanitizer in build-tsan/: only the test binary, from
+#                               the test files tests/tsan_tests.txt names (those tests need
+#                               neither the CLI nor the nbdkit plugin, so neither is built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour=${1:-release}
@@ -22,7 +22,7 @@ case "$flavour" in
                                    -DCMAKE_CXX_COMPILER=clang++ -DQCOW2J_FUZZ=ON
                                    "-DQCOW2J_SANITIZE=address;undefined") ;;
   tsan) dir=build-tsan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DQCOW2J_SANITIZE=thread
-                              -DQCOW2J_TESTS_BUILD_TOOLS=OFF)
+                              -DQCOW2J_TESTS_BUILD_TOOLS=OFF -DQCOW2J_TESTS_TSAN_ONLY=ON)
         targets=(--target qcow2j_tests) ;;
   *) echo "unknown flavour $flavour" >&2; exit 2 ;;
 esac

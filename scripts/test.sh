@@ -29,11 +29,16 @@ if [ "${QCOW2J_QUICK:-0}" != 1 ]; then
      ctest -j "$test_jobs" --timeout 900 --no-tests=error)
   FUZZ_BUILD_DIR=build-asan scripts/fuzz-smoke.sh
   if [ -f tests/tsan_tests.txt ]; then
-    # Only the test binary is built (scripts/build.sh): the regexes select
-    # tests that run neither the CLI nor nbdkit.
+    # Only the test binary, from the files the list names (scripts/build.sh):
+    # the regexes select tests that run neither the CLI nor nbdkit.
     scripts/build.sh tsan
     # The regex is built here, in the repository root, where the list lives.
-    tsan_regex="$(grep -v '^#' tests/tsan_tests.txt | grep . | paste -sd'|')"
+    tsan_regexes=($(grep -v '^#' tests/tsan_tests.txt | awk 'NF {print $1}'))
+    for r in "${tsan_regexes[@]}"; do
+      (cd build-tsan && ctest -N -R "$r" | grep -q '^Total Tests: [1-9]') ||
+        { echo "test.sh: tests/tsan_tests.txt: no test in build-tsan matches $r" >&2; exit 1; }
+    done
+    tsan_regex="$(IFS='|'; echo "${tsan_regexes[*]}")"
     # These few tests compute (threads racing): one per core.
     (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest -j "$(nproc)" --timeout 900 --no-tests=error -R "$tsan_regex")
   fi
