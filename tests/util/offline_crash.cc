@@ -2,10 +2,30 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "util/test_util.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define QCOW2J_OFFLINE_CRASH_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define QCOW2J_OFFLINE_CRASH_SANITIZED 1
+#endif
+#endif
+#ifndef QCOW2J_OFFLINE_CRASH_SANITIZED
+#define QCOW2J_OFFLINE_CRASH_SANITIZED 0
+#endif
 
 namespace qcow2j {
 namespace test {
+
+uint64_t SampleEveryUnderSanitizers() {
+  const char* v = std::getenv("QCOW2J_OFFLINE_CRASH_EVERY");
+  if (v && *v) return std::max<uint64_t>(1, std::strtoull(v, nullptr, 10));
+  return QCOW2J_OFFLINE_CRASH_SANITIZED ? 2 : 1;
+}
 
 namespace {
 
@@ -36,15 +56,18 @@ uint64_t OfflineCrashRun::Syncs() const {
 }
 
 void OfflineCrashRun::ForEachState(const std::string& state_file,
-                                   const std::function<void(uint64_t, CrashModel)>& fn) {
+                                   const std::function<void(uint64_t, CrashModel)>& fn,
+                                   uint64_t every) {
   const uint64_t ops = crash_.op_count();
   CrashStateBuilder builder(&crash_);
+  uint64_t index = 0;
   for (uint64_t point = 0; point <= ops; point++) {
     for (CrashModel model : {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn}) {
       // A prefix state only changes when a sync joins it.
       if (model == CrashModel::kPrefix && point != 0 && point != ops &&
           crash_.op(point - 1).kind != CrashOp::kSync)
         continue;
+      if (every > 1 && index++ % every != 0 && point != ops) continue;
       CrashStateOptions o;
       o.model = model;
       o.seed = point * 3 + static_cast<uint64_t>(model);

@@ -20,6 +20,13 @@ namespace test {
 // In-memory path of the image the operation sees.
 inline constexpr const char* kOfflineCrashPath = "/img.qcow2";
 
+// `every` for the scenarios with the most crash states: 1 (all of them) in
+// the release build, 2 under a sanitizer, where each state costs several
+// times more and what is checked is the memory safety of code that the
+// release suite already runs on every state. QCOW2J_OFFLINE_CRASH_EVERY
+// overrides.
+uint64_t SampleEveryUnderSanitizers();
+
 class OfflineCrashRun {
  public:
   // Copies the file `image` into memory at kOfflineCrashPath.
@@ -32,9 +39,11 @@ class OfflineCrashRun {
 
   // For every crash point 0..op_count() and every model (prefix states only
   // where a sync joins them), writes the state to `state_file` and calls
-  // fn(point, model); stops at the first fatal gtest failure.
+  // fn(point, model); stops at the first fatal gtest failure. With
+  // `every` > 1 only every every-th of those states is checked, and the
+  // last one (the operation done).
   void ForEachState(const std::string& state_file,
-                    const std::function<void(uint64_t, CrashModel)>& fn);
+                    const std::function<void(uint64_t, CrashModel)>& fn, uint64_t every = 1);
 
  private:
   std::unique_ptr<MemoryEnv> base_;
