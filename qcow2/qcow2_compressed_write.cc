@@ -28,8 +28,11 @@
 //     (their compressed clusters overwritten meanwhile), so nothing may be
 //     packed into them afterwards.
 // Readers of a compressed cluster still in the run get its bytes from the
-// buffer (ReadHostCompressed); the buffer only moves on (base advances)
-// after the clusters it drops are on disk.
+// buffer (ReadHostCompressed). When the buffer is full, its complete
+// clusters leave with it (zout_) and the run goes on in a fresh buffer; the
+// writer that filled it writes them once it has dropped meta_mu_, so the
+// other writers keep packing meanwhile. Readers find them in zout_ until
+// they are on disk; a flush writes or waits for every one before it syncs.
 #include <xxhash.h>
 
 #include <algorithm>
@@ -149,6 +152,7 @@ Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len)
       l2_cache_->Release(slice);
       FreeOldLocked(old_raw, false);
     }
+    QCOW2J_RETURN_IF_ERROR(WriteOutClaimed(lk));
     lk.unlock();
     offset += batch_bytes;
     src += batch_bytes;
@@ -228,8 +232,31 @@ Status Qcow2Image::WriteOutRunLocked(bool all) {
   if (!r.base) return Status::OK();
   const uint64_t cs = cluster_size_;
   const uint64_t full = r.fill >> cluster_bits_;  // clusters no compressed cluster can enter
+  if (!all) {
+    // The complete clusters leave with the buffer that holds them, to be
+    // written by the caller once it drops meta_mu_ (WriteOutClaimed); the
+    // run goes on in a fresh buffer.
+    if (full == 0) return Status::OK();
+    const uint64_t bytes = full * cs;
+    QCOW2J_RETURN_IF_ERROR(GuardWrite(r.base, bytes, MetadataKind::kData));  // overlap-guard
+    void* p = std::aligned_alloc(4096, r.capacity);
+    if (p == nullptr) return Status::FromErrno(ENOMEM, "compressed-write cache");
+    RunWriteOut o;
+    o.base = r.base;
+    o.bytes = bytes;
+    o.hash_it = JournalChecksums();
+    std::lock_guard<std::mutex> g(zcache_mu_);
+    std::memcpy(p, r.buf.get() + bytes, r.fill - bytes);
+    o.buf = std::move(r.buf);
+    r.buf.reset(static_cast<uint8_t*>(p));
+    r.base += bytes;
+    r.clusters -= full;
+    r.fill -= bytes;
+    zout_.push_back(std::move(o));
+    return Status::OK();
+  }
   uint64_t bytes = full * cs;
-  if (all && r.clusters > full) {
+  if (r.clusters > full) {
     std::lock_guard<std::mutex> g(zcache_mu_);
     std::memset(r.buf.get() + r.fill, 0, r.clusters * cs - r.fill);
     bytes = r.clusters * cs;
@@ -258,7 +285,81 @@ Status Qcow2Image::WriteOutRunLocked(bool all) {
   return Status::OK();
 }
 
+void Qcow2Image::WriteOut(RunWriteOut* o) {
+  // o stays listed (and its buffer readable) until it is marked written
+  // and a holder of meta_mu_ reaps it; after the mark it is not touched.
+  Status st = file_->Write(o->base, o->buf.get(), o->bytes);
+  uint64_t h = st.ok() && o->hash_it ? XXH64(o->buf.get(), o->bytes, 0) : 0;
+  std::lock_guard<std::mutex> g(zcache_mu_);
+  o->st = st;
+  o->hash = h;
+  o->written = true;
+}
+
+Status Qcow2Image::WriteOutClaimed(std::unique_lock<std::mutex>& lk) {
+  std::vector<RunWriteOut*> mine;
+  for (RunWriteOut& o : zout_) {
+    if (!o.claimed) {
+      o.claimed = true;
+      mine.push_back(&o);
+    }
+  }
+  if (mine.empty()) return Status::OK();
+  lk.unlock();
+  for (RunWriteOut* o : mine) {
+    WriteOut(o);
+    zout_cv_.notify_all();
+  }
+  lk.lock();
+  return ReapWriteOutsLocked();
+}
+
+Status Qcow2Image::SettleWriteOutsLocked() {
+  if (zout_.empty()) return Status::OK();
+  // Unclaimed ones (their creator stopped at an error) are written here.
+  for (RunWriteOut& o : zout_) {
+    if (o.claimed) continue;
+    o.claimed = true;
+    WriteOut(&o);
+  }
+  {
+    // Their writers need only zcache_mu_ to mark them written.
+    std::unique_lock<std::mutex> z(zcache_mu_);
+    zout_cv_.wait(z, [&] {
+      for (const RunWriteOut& o : zout_)
+        if (!o.written) return false;
+      return true;
+    });
+  }
+  return ReapWriteOutsLocked();
+}
+
+Status Qcow2Image::ReapWriteOutsLocked() {
+  Status err;
+  for (auto it = zout_.begin(); it != zout_.end();) {
+    bool written;
+    {
+      std::lock_guard<std::mutex> g(zcache_mu_);
+      written = it->written;
+    }
+    if (!written) {
+      ++it;
+      continue;
+    }
+    if (!it->st.ok()) {
+      if (err.ok()) err = it->st;
+      NoteDataLossLocked();
+    } else if (it->hash_it) {
+      NoteChecksumLocked(it->base, it->bytes, it->hash);
+    }
+    std::lock_guard<std::mutex> g(zcache_mu_);
+    it = zout_.erase(it);
+  }
+  return err;
+}
+
 Status Qcow2Image::FinishCompressedRunLocked() {
+  QCOW2J_RETURN_IF_ERROR(SettleWriteOutsLocked());
   if (!zrun_.base) return Status::OK();
   QCOW2J_RETURN_IF_ERROR(WriteOutRunLocked(true));
   std::lock_guard<std::mutex> g(zcache_mu_);
@@ -270,19 +371,38 @@ Status Qcow2Image::FinishCompressedRunLocked() {
 }
 
 Status Qcow2Image::ReadHostCompressed(uint64_t host, uint8_t* dst, size_t len) {
-  size_t from_disk = len;
+  // Bytes still in memory (the run, or clusters being written out) are
+  // copied first, under zcache_mu_; the rest is read from disk after. A
+  // write-out leaves the list only once written, so what is not found in
+  // memory here is on disk already.
+  const uint64_t end = host + len;
+  std::vector<std::pair<uint64_t, uint64_t>> mem;  // host ranges copied from memory
   {
     std::lock_guard<std::mutex> g(zcache_mu_);
+    auto copy = [&](uint64_t base, uint64_t size, const uint8_t* buf) {
+      const uint64_t a = std::max(host, base), b = std::min(end, base + size);
+      if (a >= b) return;
+      std::memcpy(dst + (a - host), buf + (a - base), b - a);
+      mem.emplace_back(a, b);
+    };
+    for (const RunWriteOut& o : zout_) copy(o.base, o.bytes, o.buf.get());
     const CompressedRun& r = zrun_;
-    const uint64_t end = r.base + r.clusters * cluster_size_;
-    if (r.base && host + len > r.base && host < end) {
-      const uint64_t a = std::max(host, r.base), b = std::min<uint64_t>(host + len, end);
-      std::memcpy(dst + (a - host), r.buf.get() + (a - r.base), b - a);
-      if (host + len > b) std::memset(dst + (b - host), 0, host + len - b);
-      from_disk = static_cast<size_t>(a - host);  // what lies before the run is on disk
+    const uint64_t run_end = r.base + r.clusters * cluster_size_;
+    if (r.base && end > r.base && host < run_end) {
+      copy(r.base, r.clusters * cluster_size_, r.buf.get());
+      if (end > run_end) {  // past the run: nothing written there yet
+        std::memset(dst + (run_end - host), 0, end - run_end);
+        mem.emplace_back(run_end, end);
+      }
     }
   }
-  return from_disk ? file_->Read(host, dst, from_disk) : Status::OK();
+  std::sort(mem.begin(), mem.end());
+  uint64_t pos = host;
+  for (const auto& [a, b] : mem) {
+    if (a > pos) QCOW2J_RETURN_IF_ERROR(file_->Read(pos, dst + (pos - host), a - pos));
+    pos = std::max(pos, b);
+  }
+  return pos < end ? file_->Read(pos, dst + (pos - host), end - pos) : Status::OK();
 }
 
 }  // namespace qcow2j

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -258,6 +259,31 @@ class Qcow2Image final : public Image {
     uint64_t fill = 0;         // bytes placed since base
     uint64_t claimed_end = 0;  // host clusters below this hold at least one compressed cluster
   };
+  // Complete clusters that left the run's buffer and are being written out
+  // without meta_mu_ (one O_DIRECT write of up to a megabyte held every
+  // other writer off the lock). Listed until written and noted, so readers
+  // still find the bytes here; a flush (FinishCompressedRunLocked) writes
+  // the unclaimed ones itself and waits for the rest.
+  struct RunWriteOut {
+    uint64_t base = 0, bytes = 0;
+    std::unique_ptr<uint8_t, CompressedRun::Free> buf;
+    bool claimed = false;  // a thread writes it (or has written it)
+    bool written = false;  // the write has returned: st and hash are set
+    bool hash_it = false;  // the journal vouches for the bytes by their checksum
+    Status st;
+    uint64_t hash = 0;
+  };
+  // Writes one claimed write-out (any lock but zcache_mu_) and marks it written.
+  void WriteOut(RunWriteOut* o);
+  // Writes the write-outs this thread claimed (none left unclaimed by the
+  // caller), without meta_mu_; then notes them under it.
+  Status WriteOutClaimed(std::unique_lock<std::mutex>& lk);
+  // Under meta_mu_: writes unclaimed write-outs, waits for claimed ones,
+  // notes every one (checksums for the journal) and drops them.
+  Status SettleWriteOutsLocked();
+  Status ReapWriteOutsLocked();
+  std::list<RunWriteOut> zout_;  // changed under meta_mu_ and zcache_mu_; read under either
+  std::condition_variable zout_cv_;  // with zcache_mu_: a write-out was written
   Status PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* host);
   // Writes the run's complete clusters and slides them out of the buffer;
   // all: writes the partial last cluster too (zero-padded) and keeps it.

@@ -193,7 +193,7 @@ Status Qcow2Image::Load(const std::string& path, const OpenOptions& opts, int de
     // compressed-write cache: they reach the file, durably, before it does
     // (the crash kit's long run found descriptors past the end of the file).
     bool sync = false;
-    if (zrun_.base) {
+    if (zrun_.base || !zout_.empty()) {
       QCOW2J_RETURN_IF_ERROR(FinishCompressedRunLocked());
       sync = true;
     }

@@ -42,7 +42,7 @@ constexpr size_t kCowFillThreads = 16;
 constexpr int kGroupCommitWaitUs = 2000;  // longest a flush leader waits for its group
 constexpr uint64_t kAllAllocated = 0xffffffffull;
 constexpr uint64_t kAllZero = 0xffffffffull << 32;
-constexpr uint64_t kReserveAhead = 16;  // clusters reserved by one fallocate in a stream
+constexpr uint64_t kReserveAhead = 16;  // clusters reserved by one fallocate
 constexpr uint64_t kReserveAheadMax = 1 << 20;  // ... but no more bytes than this
 
 }  // namespace
@@ -398,32 +398,30 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       return a.status();
     }
     host = *a;
-    // Like QEMU, reserve a new cluster that this write only partly covers
-    // now, before any other write can reach it: the writes that follow then
-    // overwrite allocated blocks instead of allocating file-system extents
-    // one by one (slow with O_DIRECT). Done before the L2 entry is published,
-    // so a failure here leaves nothing pointing at the cluster.
-    // Not when this write copies the old head and tail in at once (a COW
-    // from a backing file or a shared cluster, outside a stream): the
-    // cluster is then written whole right away.
-    const bool whole_now =
-        !ext && !ContinuesStreamLocked(cluster << cluster_bits_) &&
-        (in == 0 || !SourceIsZero(cluster, old_raw, old_bitmap, 0, in)) &&
-        (in + n == cluster_size_ || !SourceIsZero(cluster, old_raw, old_bitmap, in + n, cluster_size_));
-    // A stream appends cluster after cluster: reserve a run of them in one
-    // call (one fallocate per kReserveAhead clusters instead of one per
-    // cluster). The clusters past this one are not allocated yet; the
-    // reservation only makes the file longer, with blocks that read as
-    // zeros, which is what a fresh cluster must hold anyway. reserved_end_
-    // is a hint: if it is stale, a cluster is written without reservation.
-    if (fresh && n < cluster_size_ && !whole_now && host + cluster_size_ > reserved_end_) {
-      Status s = Status::NotSupported("");
-      if (ContinuesStreamLocked(cluster << cluster_bits_)) {
-        uint64_t ahead = std::max<uint64_t>(cluster_size_, std::min(kReserveAhead * cluster_size_, kReserveAheadMax));
-        s = data_file_->Allocate(host, ahead, false);
-        if (s.ok()) reserved_end_ = host + ahead;
-      }
-      if (!s.ok()) s = data_file_->Allocate(host, cluster_size_, false);  // not a stream, or no room
+    // A new cluster that this write only partly covers is reserved
+    // (fallocated) before any other write can reach it, and so are the
+    // next kReserveAhead clusters with it, in one call: whatever is
+    // allocated next at the end of the file lands inside the file's size.
+    // An O_DIRECT write past the end of the file holds ext4's inode lock
+    // exclusively until it completes, so allocating writes at depth N
+    // would go to the disk one at a time; and each fallocate waits for
+    // every write in flight (it takes the same lock exclusively), so one
+    // per cluster drained the queue once per allocation (W4x: 16384
+    // fallocates, a tenth of the samples waiting in rwsem_down_write).
+    // The clusters past this one are not allocated by the refcount
+    // manager: the file is only longer, with blocks that read as zeros,
+    // which a fresh cluster must hold anyway. reserved_end_ is a hint: if
+    // it is stale, a cluster is written without reservation. Done before
+    // the L2 entry is published, so a failure leaves nothing pointing at
+    // the cluster.
+    // A failure is the write's (the request that meets a fault reports
+    // it): with less than kReserveAheadMax bytes left, allocating writes
+    // get ENOSPC that much earlier.
+    if (fresh && n < cluster_size_ && host + cluster_size_ > reserved_end_) {
+      const uint64_t ahead =
+          std::max<uint64_t>(cluster_size_, std::min(kReserveAhead * cluster_size_, kReserveAheadMax));
+      Status s = data_file_->Allocate(host, ahead, false);
+      if (s.ok()) reserved_end_ = host + ahead;
       if (!s.ok() && s.code() != Code::kNotSupported) {
         l2_cache_->Release(slice);
         decrements_.push_back({host, false});  // give the cluster back at the next flush
