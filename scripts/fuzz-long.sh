@@ -3,7 +3,9 @@
 # executed RUNS inputs (default 10 million) in total, spread over JOBS
 # processes (default: one per core), growing a local corpus that is not
 # committed. Fails on the first crash, leak, timeout or out-of-memory, and
-# ends with the executions each process made.
+# ends with the executions each process made. A SIGINT to the fuzzers
+# (pkill -INT -f fuzz_<target>) stops the run early: exit 130, with the
+# executions made so far.
 #   scripts/build.sh asan
 #   scripts/fuzz-long.sh open_read                    # 10M executions
 #   RUNS=1000000 JOBS=1 scripts/fuzz-long.sh check
@@ -41,6 +43,13 @@ for ((n = 0; n < jobs; n++)); do
   total=$((total + ${e:-0}))
 done
 secs=$(( $(date +%s) - start ))
+# libFuzzer exits 72 (-interrupted_exitcode) when stopped by SIGINT: an
+# early stop, not a finding, unless it left an input behind.
+findings=$(ls "$dir" | grep -E '^(crash|leak|timeout|oom)-' | head -1 || true)
+if [ "$rc" -eq 72 ] && [ -z "$findings" ]; then
+  echo "fuzz-long: $target interrupted: $total executions in ${secs}s, no crash, leak, timeout or OOM"
+  exit 130
+fi
 if [ "$rc" -ne 0 ]; then
   echo "fuzz-long: $target FAILED (exit $rc); see $dir/fuzz-*.log and $dir/crash-* $dir/leak-* $dir/timeout-* $dir/oom-*" >&2
   grep -l -E "ERROR|SUMMARY" "$dir"/fuzz-*.log | head -3 | xargs -r tail -n 40 >&2
