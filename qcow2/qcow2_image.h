@@ -79,6 +79,9 @@ class Qcow2Image final : public Image {
   // active L1. *raw == 0 and *bitmap == 0 when the L1 entry is empty.
   // Caller holds meta_mu_.
   Status LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap);
+  // The pinned L2 slice holding `cluster`'s entry (release it), or nullptr
+  // where the L1 entry maps no table.
+  Result<TableCache::Table*> ReadL2SliceLocked(uint64_t cluster);
   // Makes sure the L2 slice holding `cluster`'s entry is cached, reading it
   // from disk WITHOUT the lock when it is not, so that misses of concurrent
   // requests overlap instead of queueing behind one lock. Returns true when
@@ -191,7 +194,9 @@ class Qcow2Image final : public Image {
   uint64_t next_ticket_ = 0;
   std::map<uint64_t, PendingWrite*> registered_;  // ticket -> write not yet planned
   bool planner_active_ = false;
-  Status ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap);
+  Status ZeroOrDiscardClusters(uint64_t first, uint64_t count, bool zero, bool unmap, uint64_t* done);
+  // The caches hold far more dirty tables than their capacity (journal on).
+  bool MetadataPressureLocked() const;
   // Pinned L2 slice holding `cluster`'s entry, with the L2 table allocated or
   // copied (if shared) first. *entry points at the entry inside the slice.
   Result<TableCache::Table*> WritableL2Locked(uint64_t cluster, uint8_t** entry);

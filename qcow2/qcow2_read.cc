@@ -22,10 +22,21 @@ namespace {
 Status Qcow2Image::LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bitmap) {
   *raw = 0;
   *bitmap = 0;
+  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, ReadL2SliceLocked(cluster));
+  if (!t) return Status::OK();
+  const uint64_t index = cluster & ((1ull << l2_bits_) - 1);
+  const uint8_t* p = t->data() + (index & ((1ull << slice_entries_bits_) - 1)) * l2_entry_bytes_;
+  *raw = LoadBE64(p);
+  if (l2_entry_bytes_ == 16) *bitmap = LoadBE64(p + 8);
+  l2_cache_->Release(t);
+  return Status::OK();
+}
+
+Result<TableCache::Table*> Qcow2Image::ReadL2SliceLocked(uint64_t cluster) {
   uint64_t l1_index = cluster >> l2_bits_;
-  if (l1_index >= l1_.size()) return Status::OK();
+  if (l1_index >= l1_.size()) return nullptr;
   L1Entry l1 = L1Entry::Decode(l1_[l1_index]);
-  if (l1.l2_offset == 0) return Status::OK();
+  if (l1.l2_offset == 0) return nullptr;
   if (l1.reserved_bits)
     return Status::Corruption("L1 entry " + std::to_string(l1_index) + " (" + Hex(l1_[l1_index]) +
                               ") has reserved bits set");
@@ -37,19 +48,12 @@ Status Qcow2Image::LookupL2Locked(uint64_t cluster, uint64_t* raw, uint64_t* bit
     return Status::Corruption("L1 entry " + std::to_string(l1_index) + ": L2 table offset " +
                               Hex(l1.l2_offset) + " is past the end of the image file (" +
                               std::to_string(limit) + " bytes)");
-  if (l1.l2_offset == 0 || l1.l2_offset < cluster_size_)
+  if (l1.l2_offset < cluster_size_)
     return Status::Corruption("L1 entry " + std::to_string(l1_index) +
                               ": L2 table overlaps the image header");
-
-  uint64_t index = cluster & ((1ull << l2_bits_) - 1);
-  uint64_t slice = index >> slice_entries_bits_;
-  uint64_t slice_offset = l1.l2_offset + slice * slice_bytes_;
-  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, l2_cache_->GetOrRead(slice_offset, file_.get()));
-  const uint8_t* p = t->data() + (index & ((1ull << slice_entries_bits_) - 1)) * l2_entry_bytes_;
-  *raw = LoadBE64(p);
-  if (l2_entry_bytes_ == 16) *bitmap = LoadBE64(p + 8);
-  l2_cache_->Release(t);
-  return Status::OK();
+  const uint64_t index = cluster & ((1ull << l2_bits_) - 1);
+  const uint64_t slice_offset = l1.l2_offset + (index >> slice_entries_bits_) * slice_bytes_;
+  return l2_cache_->GetOrRead(slice_offset, file_.get());
 }
 
 Result<bool> Qcow2Image::PrefetchL2Locked(std::unique_lock<std::mutex>& lk, uint64_t cluster) {

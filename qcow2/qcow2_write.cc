@@ -697,50 +697,92 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
   if (!st.ok() || !io.ok()) return st.ok() ? io : st;
   // The caches cannot evict dirty tables while a journal is on: far past
   // their capacity, commit and checkpoint without waiting for a guest flush.
-  if (journal_on_ && !draining_ &&
-      (l2_cache_->dirty_count() > 2 * l2_cache_->capacity() ||
-       refcounts_->dirty_blocks() > 2 * refcounts_->cache_capacity())) {
-    return FlushLocked(g);
+  if (MetadataPressureLocked()) return FlushLocked(g);
+  return Status::OK();
+}
+
+// Makes whole clusters read as zeros (zero=true) or discards them, one L2
+// slice per hold of the metadata lock: the slice is looked up once and
+// written once. Returns NotSupported where zeros must be written as data
+// instead (a v2 image over a backing file). *done counts the clusters handled.
+Status Qcow2Image::ZeroOrDiscardClusters(uint64_t first, uint64_t count, bool zero, bool unmap,
+                                         uint64_t* done) {
+  *done = 0;
+  const bool ext = header_.extended_l2();
+  const bool v3 = header_.version >= 3;
+  if (!ext && !v3 && backing_ && zero) return Status::NotSupported("zero clusters need compat=1.1");
+  const uint64_t per_slice = 1ull << slice_entries_bits_;
+  struct Change {
+    uint32_t index;  // in the run
+    uint64_t old_raw, raw, bitmap;
+    bool keep_host;
+  };
+  std::vector<Change> changes;
+  while (*done < count) {
+    const uint64_t c0 = first + *done;
+    const uint64_t n = std::min(count - *done, per_slice - (c0 & (per_slice - 1)));
+    std::unique_lock<std::mutex> lk(meta_mu_);
+    while (draining_) inflight_cv_.wait(lk);
+    WaitInflightLocked(lk, c0, c0 + n - 1);
+    if (!cow_.empty()) {
+      for (uint64_t c = c0; c < c0 + n; c++) cow_.erase(c);  // the whole cluster is replaced
+    }
+    changes.clear();
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * cur, ReadL2SliceLocked(c0));
+    const uint8_t* p = cur ? cur->data() + (c0 & (per_slice - 1)) * l2_entry_bytes_ : nullptr;
+    for (uint32_t i = 0; i < n; i++) {
+      const uint64_t raw = p ? LoadBE64(p + i * l2_entry_bytes_) : 0;
+      const uint64_t bitmap = p && ext ? LoadBE64(p + i * l2_entry_bytes_ + 8) : 0;
+      const L2Entry old = DecodeL2(raw, bitmap);
+      uint64_t new_raw = 0, new_bitmap = 0;
+      bool keep_host = false;
+      if (ext) {
+        // Zero subclusters; the host cluster stays unless we may drop it.
+        keep_host = !unmap && old.host_offset() && old.copied() && !old.compressed();
+        new_raw = keep_host ? raw : 0;
+        new_bitmap = kAllZero;
+        if (!zero && !backing_ && !keep_host) new_bitmap = 0;
+      } else if (v3 && (zero || backing_ || old.type() != ClusterType::kUnallocated)) {
+        keep_host = zero && !unmap && old.host_offset() && old.copied() && !old.compressed();
+        new_raw = kOflagZero | (keep_host ? (raw & (kL2OffsetMask | kOflagCopied)) : 0);
+      }
+      if (raw == new_raw && bitmap == new_bitmap) continue;
+      if (raw == 0 && !ext && new_raw == 0) continue;
+      changes.push_back({i, raw, new_raw, new_bitmap, keep_host});
+    }
+    if (cur) l2_cache_->Release(cur);
+    if (!changes.empty()) {
+      uint8_t* ent = nullptr;
+      // Allocates the table, or copies one shared with a snapshot: the
+      // entries read above stay what they were.
+      QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(c0, &ent));
+      auto hint = jl2_.end();
+      for (const Change& ch : changes) {
+        uint8_t* e = ent + uint64_t{ch.index} * l2_entry_bytes_;
+        StoreBE64(e, ch.raw);
+        if (ext) StoreBE64(e + 8, ch.bitmap);
+        if (journal_on_) {
+          // Ascending offsets: each goes right after the one before.
+          hint = jl2_.insert(hint, slice->offset() + static_cast<uint64_t>(e - slice->data()));
+          ++hint;
+        }
+        if (!ch.keep_host) FreeOldLocked(ch.old_raw, !zero || unmap);
+      }
+      l2_cache_->MarkDirty(slice);
+      l2_cache_->Release(slice);
+    }
+    *done += n;
+    // Like a write: far past the caches' capacity, commit and checkpoint
+    // rather than let a huge zero or discard pile up dirty tables.
+    if (MetadataPressureLocked()) QCOW2J_RETURN_IF_ERROR(FlushLocked(lk));
   }
   return Status::OK();
 }
 
-// Makes one whole cluster read as zeros (zero=true) or discards it.
-Status Qcow2Image::ZeroOrDiscardCluster(uint64_t cluster, bool zero, bool unmap) {
-  std::unique_lock<std::mutex> lk(meta_mu_);
-  while (draining_) inflight_cv_.wait(lk);
-  WaitInflightLocked(lk, cluster, cluster);
-  cow_.erase(cluster);  // the whole cluster is being replaced
-  uint64_t raw, bitmap;
-  QCOW2J_RETURN_IF_ERROR(LookupL2Locked(cluster, &raw, &bitmap));
-  const bool ext = header_.extended_l2();
-  L2Entry old = DecodeL2(raw, bitmap);
-  const bool v3 = header_.version >= 3;
-  uint64_t new_raw = 0, new_bitmap = 0;
-  bool keep_host = false;
-  if (ext) {
-    // Zero subclusters; the host cluster stays unless we may drop it.
-    keep_host = !unmap && old.host_offset() && old.copied() && !old.compressed();
-    new_raw = keep_host ? raw : 0;
-    new_bitmap = kAllZero;
-    if (!zero && !backing_ && !keep_host) new_bitmap = 0;
-  } else if (v3 && (zero || backing_ || old.type() != ClusterType::kUnallocated)) {
-    keep_host = zero && !unmap && old.host_offset() && old.copied() && !old.compressed();
-    new_raw = kOflagZero | (keep_host ? (raw & (kL2OffsetMask | kOflagCopied)) : 0);
-  } else if (backing_ && zero) {
-    return Status::NotSupported("zero clusters need compat=1.1");  // caller writes zeros instead
-  }
-  if (raw == new_raw && bitmap == new_bitmap) return Status::OK();
-  if (raw == 0 && !ext && new_raw == 0) return Status::OK();
-  uint8_t* ent = nullptr;
-  QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(cluster, &ent));
-  StoreBE64(ent, new_raw);
-  if (ext) StoreBE64(ent + 8, new_bitmap);
-  l2_cache_->MarkDirty(slice);
-  NoteL2ChangeLocked(slice, ent);
-  l2_cache_->Release(slice);
-  if (!keep_host) FreeOldLocked(raw, !zero || unmap);
-  return Status::OK();
+bool Qcow2Image::MetadataPressureLocked() const {
+  return journal_on_ && !draining_ &&
+         (l2_cache_->dirty_count() > 2 * l2_cache_->capacity() ||
+          refcounts_->dirty_blocks() > 2 * refcounts_->cache_capacity());
 }
 
 Status Qcow2Image::WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) {
@@ -751,19 +793,34 @@ Status Qcow2Image::WriteZeroes(uint64_t offset, uint64_t len, bool may_unmap) {
 Status Qcow2Image::ZeroRange(uint64_t offset, uint64_t len, bool may_unmap) {
   QCOW2J_RETURN_IF_ERROR(CheckWritable("write zeroes", offset, len));
   std::vector<uint8_t> zeros;
-  while (len > 0) {
-    uint64_t in = offset & (cluster_size_ - 1);
-    uint64_t n = std::min<uint64_t>(len, cluster_size_ - in);
-    bool whole = in == 0 && (n == cluster_size_ || offset + n == virtual_size_);
-    Status s = whole ? ZeroOrDiscardCluster(offset >> cluster_bits_, true, may_unmap)
-                     : Status::NotSupported("partial");
+  auto write_zeros = [&](uint64_t off, uint64_t n) {
+    zeros.assign(n, 0);
+    return Write(off, zeros.data(), n);
+  };
+  const uint64_t end = offset + len;
+  while (offset < end) {
+    const uint64_t in = offset & (cluster_size_ - 1);
+    if (in != 0 || (end - offset < cluster_size_ && end != virtual_size_)) {
+      const uint64_t n = std::min<uint64_t>(end - offset, cluster_size_ - in);  // a partial cluster
+      QCOW2J_RETURN_IF_ERROR(write_zeros(offset, n));
+      offset += n;
+      continue;
+    }
+    // A run of whole clusters; the last may be the image's partial tail.
+    const uint64_t whole_end = end == virtual_size_ ? end : end & ~(cluster_size_ - 1);
+    const uint64_t count = (whole_end - offset + cluster_size_ - 1) >> cluster_bits_;
+    uint64_t done = 0;
+    Status s = ZeroOrDiscardClusters(offset >> cluster_bits_, count, true, may_unmap, &done);
+    offset += done << cluster_bits_;
     if (s.code() == Code::kNotSupported) {
-      zeros.assign(n, 0);
-      s = Write(offset, zeros.data(), n);
+      // Zeros as data, up to 1 MiB of whole clusters per write.
+      const uint64_t n = std::min<uint64_t>(end - offset, std::max<uint64_t>(cluster_size_, 1 << 20));
+      QCOW2J_RETURN_IF_ERROR(write_zeros(offset, n));
+      offset += n;
+      continue;
     }
     QCOW2J_RETURN_IF_ERROR(s);
-    offset += n;
-    len -= n;
+    offset = std::min(offset, end);
   }
   return Status::OK();
 }
@@ -774,8 +831,9 @@ Status Qcow2Image::Discard(uint64_t offset, uint64_t len) {
   uint64_t first = (offset + cluster_size_ - 1) >> cluster_bits_;
   uint64_t end = offset + len == virtual_size_ ? (virtual_size_ + cluster_size_ - 1) >> cluster_bits_
                                                 : (offset + len) >> cluster_bits_;
-  for (uint64_t c = first; c < end; c++) QCOW2J_RETURN_IF_ERROR(ZeroOrDiscardCluster(c, false, true));
-  return Status::OK();
+  if (end <= first) return Status::OK();
+  uint64_t done = 0;
+  return ZeroOrDiscardClusters(first, end - first, false, true, &done);
 }
 
 Status Qcow2Image::PunchClusters(std::vector<uint64_t> clusters) {

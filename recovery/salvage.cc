@@ -21,8 +21,10 @@ namespace {
 
 // Zeros written over lost ranges (only with a backing file, so that they do
 // not read the backing file's stale data). A hostile header can claim a
-// petabyte disk; past this budget lost ranges stay unallocated.
-constexpr uint64_t kMaxZeroedLostBytes = 64ull << 30;
+// petabyte disk; past this budget lost ranges stay unallocated. The budget
+// counts clusters, each one L2 entry to write: 64 GiB of 64 KiB clusters,
+// 8 MiB of L2 tables, at any cluster size.
+constexpr uint64_t kMaxZeroedLostClusters = 1ull << 20;
 
 bool AllZero(const uint8_t* p, size_t n) { return BufferIsZero(p, n); }
 
@@ -65,6 +67,21 @@ Status Salvager::Init() {
   }
   cb_ = h_.cluster_bits;
   cs_ = h_.cluster_size();
+  if (!h_.backing_file.empty()) {
+    if (h_.backing_file_offset > file_size_ ||
+        h_.backing_file_size > file_size_ - h_.backing_file_offset) {
+      early_notes_.push_back("the backing file name at " + HexStr(h_.backing_file_offset) + " (" +
+                             std::to_string(h_.backing_file_size) +
+                             " bytes) runs past the end of the file: the new image has no "
+                             "backing file");
+      h_.backing_file.clear();
+      h_.backing_format.reset();
+    } else if (size_t nul = h_.backing_file.find('\0'); nul != std::string::npos) {
+      // QEMU reads the name as a C string.
+      h_.backing_file.resize(nul);
+      if (h_.backing_file.empty()) h_.backing_format.reset();
+    }
+  }
   ScanOptions quiet;
   auto scan = ScanImage(src_, quiet);
   if (scan.ok()) {
@@ -123,12 +140,12 @@ Status Salvager::Lose(Copy& c, uint64_t guest, uint64_t len, std::string reason)
   if (first <= last) c.report->lost_clusters += last - first + 1;
   c.last_lost_cluster = last;
   if (!c.backing) return Status::OK();
-  if (c.zeroed_lost + len > kMaxZeroedLostBytes) {
-    c.unzeroed_lost = true;
-    return Status::OK();
-  }
-  c.zeroed_lost += len;
-  return c.out->WriteZeroes(guest, len, true);
+  const uint64_t budget = kMaxZeroedLostClusters << cb_;
+  const uint64_t n = std::min(len, budget - std::min(budget, c.zeroed_lost));
+  if (n < len) c.unzeroed_lost = true;
+  if (n == 0) return Status::OK();
+  c.zeroed_lost += n;
+  return c.out->WriteZeroes(guest, n, true);
 }
 
 Status Salvager::CopyTo(Image* out, const ClusterDecompressor& decompress, SalvageReport* report) {
@@ -188,8 +205,9 @@ Status Salvager::CopyTo(Image* out, const ClusterDecompressor& decompress, Salva
     }
   }
   if (c.unzeroed_lost) {
-    Note(report, "lost ranges past the first " + std::to_string(kMaxZeroedLostBytes >> 30) +
-                     " GiB were left unallocated: in the output they read from the backing file");
+    Note(report, "lost ranges past the first " + std::to_string(kMaxZeroedLostClusters) +
+                     " clusters (" + std::to_string((kMaxZeroedLostClusters << cb_) >> 20) +
+                     " MiB) were left unallocated: in the output they read from the backing file");
   }
   return Status::OK();
 }

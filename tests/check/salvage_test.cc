@@ -216,6 +216,76 @@ TEST(Salvage, BackingFileKeptAndLostRangesZeroed) {
   EXPECT_EQ(data.out.find("Pattern verification failed"), std::string::npos) << data.Describe();
 }
 
+// Regression (found by fuzz_check): a 72-byte v2 header claiming a 3.9 GiB
+// disk of 512-byte clusters, an L1 table past the end of the file and a
+// backing file name past it too. Salvage zeroed the whole lost range one
+// cluster at a time for a backing file it had only read as NULs (over 10 s
+// under ASan). The name cannot be read, so the new image has no backing
+// file and the lost range needs no zeros.
+TEST(Salvage, UnreadableBackingNameIsDropped) {
+  ASSERT_TRUE(HaveProgram("qemu-img"));
+  TempDir tmp;
+  const std::string img = tmp.Path("fuzz.qcow2"), out = tmp.Path("out.qcow2");
+  const unsigned char input[] = {
+      0x51, 0x46, 0x49, 0xfb, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+      0x00, 0x00, 0x00, 0x00, 0x31, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0xfb, 0x65,
+      0x00, 0xc9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x31, 0x36, 0x36, 0x36, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x30, 0x36, 0x38, 0x39, 0x39, 0x39};
+  WriteFile(img, std::string(reinterpret_cast<const char*>(input), sizeof(input)));
+  RunResult s = test::Run("timeout 60 " + Cli() + " check --salvage " + Quote(out) + " " + Quote(img));
+  EXPECT_EQ(s.exit_code, 2) << s.Describe();
+  EXPECT_NE(s.out.find("offset 0x0 length 0xfb6500c9: the L1 table at 0x3600000000000000 lies past "
+                       "the end of the file"),
+            std::string::npos)
+      << s.Describe();
+  EXPECT_NE(s.out.find("the backing file name at 0x100 (49 bytes) runs past the end of the file: "
+                       "the new image has no backing file"),
+            std::string::npos)
+      << s.Describe();
+  RunResult info = test::Run("qemu-img info --output=json " + Quote(out));
+  ASSERT_EQ(info.exit_code, 0) << info.Describe();
+  EXPECT_EQ(info.out.find("backing-filename"), std::string::npos) << info.Describe();
+  // 0xfb6500c9 bytes; qemu counts whole 512-byte sectors.
+  EXPECT_NE(info.out.find("\"virtual-size\": 4217700352"), std::string::npos) << info.Describe();
+  RunResult q = test::Run("qemu-img check " + Quote(out));
+  EXPECT_EQ(q.exit_code, 0) << q.Describe();
+}
+
+// A lost range far larger than the zeroing budget (1 Mi clusters): the first
+// 512 MiB of a 4 GiB disk of 512-byte clusters read as zeros, the rest from
+// the backing file, and the report says so. Zeroing goes one L2 slice at a
+// time, so this takes a fraction of a second.
+TEST(Salvage, ZeroingOfHugeLostRangesIsBudgeted) {
+  ASSERT_TRUE(HaveProgram("qemu-img"));
+  TempDir tmp;
+  const std::string base = tmp.Path("base.raw"), img = tmp.Path("top.qcow2");
+  const std::string out = tmp.Path("out.qcow2");
+  Must(test::Run("qemu-img create -q -f raw " + Quote(base) + " 4G"));
+  Must(test::Run("qemu-io -f raw -c 'write -P 5 0 64k' -c 'write -P 6 1G 64k' " + Quote(base)));
+  Must(test::Run("qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw " +
+                 Quote(img)));
+  PokeBe64(img, 40, 1ull << 40);  // l1_table_offset: far past the end of the file
+  RunResult s = test::Run("timeout 120 " + Cli() + " check --salvage " + Quote(out) + " " + Quote(img));
+  EXPECT_EQ(s.exit_code, 2) << s.Describe();
+  EXPECT_NE(s.out.find("lost ranges past the first 1048576 clusters (512 MiB) were left "
+                       "unallocated: in the output they read from the backing file"),
+            std::string::npos)
+      << s.Describe();
+  RunResult q = test::Run("qemu-img check " + Quote(out));
+  EXPECT_EQ(q.exit_code, 0) << q.Describe();
+  RunResult data = test::Run("qemu-io -r -c 'read -P 0 0 64k' -c 'read -P 0 511M 1M' "
+                             "-c 'read -P 6 1G 64k' " + Quote(out));
+  EXPECT_EQ(data.exit_code, 0) << data.Describe();
+  EXPECT_EQ(data.out.find("Pattern verification failed"), std::string::npos) << data.Describe();
+  RunResult map = test::Run("qemu-img map --output=json " + Quote(out));
+  ASSERT_EQ(map.exit_code, 0) << map.Describe();
+  EXPECT_NE(map.out.find("\"start\": 0, \"length\": 536870912, \"depth\": 0, \"present\": true, "
+                         "\"zero\": true, \"data\": false"),
+            std::string::npos)
+      << map.out.substr(0, 600);
+}
+
 // Random damage to metadata never crashes salvage, and whatever it produces
 // is an image qemu-img check finds clean.
 TEST(Salvage, HostileImagesNeverCrash) {
