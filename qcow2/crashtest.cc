@@ -611,17 +611,8 @@ class WorkloadImpl final : public CrashWorkload {
       if (x.recovery_crashed) *x.recovery_crashed = crashed;
     }
     if (cfg_.journal) {
-      OpenOptions ro;
-      ro.env = st;
-      ro.format = "qcow2";
-      ro.read_only = false;
-      auto rec = Image::Open(kImage, ro);
-      if (!rec.ok())
-        return Violation(at + ": recovery (read-write open) failed: " + rec.status().ToString() + "\n" +
-                         History());
-      Status cs = (*rec)->Close();
-      if (!cs.ok())
-        return Violation(at + ": close after recovery failed: " + cs.ToString() + "\n" + History());
+      const std::string failed = RecoverReadWrite(st, /*background_checkpoints=*/true);
+      if (!failed.empty()) return Violation(at + ": " + failed + "\n" + History());
     }
 
     std::vector<uint64_t> sizes;
@@ -708,6 +699,22 @@ class WorkloadImpl final : public CrashWorkload {
     return Status::OK();
   }
 
+  // What any user's next open does to a crashed image: a read-write open
+  // (which replays the journal) and a clean close. Returns "" or what
+  // failed, as a violation names it.
+  static std::string RecoverReadWrite(Env* env, bool background_checkpoints) {
+    OpenOptions ro;
+    ro.env = env;
+    ro.format = "qcow2";
+    ro.read_only = false;
+    ro.background_checkpoints = background_checkpoints;
+    auto rec = Image::Open(kImage, ro);
+    if (!rec.ok()) return "recovery (read-write open) failed: " + rec.status().ToString();
+    Status cs = (*rec)->Close();
+    if (!cs.ok()) return "close after recovery failed: " + cs.ToString();
+    return "";
+  }
+
   // Runs the read-write recovery of the state in *st on a crash-recording
   // Env, then replaces *st (held by *holder) with the disk as it could be
   // after a crash at a point of that recovery's own I/O, drawn from `seed`,
@@ -715,16 +722,9 @@ class WorkloadImpl final : public CrashWorkload {
   static Status CrashRecovery(MemoryEnv** st, std::unique_ptr<MemoryEnv>* holder, uint64_t seed,
                               CrashModel model, bool* crashed) {
     CrashEnv rec_env(*st);
-    {
-      OpenOptions ro;
-      ro.env = &rec_env;
-      ro.format = "qcow2";
-      ro.read_only = false;
-      ro.background_checkpoints = false;  // its I/O in one order: a seed replays it
-      auto rec = Image::Open(kImage, ro);
-      if (!rec.ok()) return rec.status().Annotate("recovery (read-write open) failed");
-      QCOW2J_RETURN_IF_ERROR((*rec)->Close().Annotate("close after recovery failed"));
-    }
+    // Background checkpoints off: its I/O in one order, so a seed replays it.
+    const std::string failed = RecoverReadWrite(&rec_env, /*background_checkpoints=*/false);
+    if (!failed.empty()) return Status::Aborted(failed);
     const uint64_t ops = rec_env.op_count();
     *crashed = ops > 0;
     if (!*crashed) return Status::OK();
