@@ -15,18 +15,24 @@ constexpr int kMaxRepairRounds = 12;
 
 uint64_t Minus(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
-// Adjacent lost ranges of one image become one.
+// Adjacent lost ranges of one image become one. Sorted through indices: a
+// hostile image can make hundreds of thousands of ranges, each with strings.
 std::vector<LostRange> MergeLost(std::vector<LostRange> v) {
-  std::stable_sort(v.begin(), v.end(), [](const LostRange& a, const LostRange& b) {
+  std::vector<uint32_t> order(v.size());
+  for (size_t i = 0; i < v.size(); ++i) order[i] = static_cast<uint32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&v](uint32_t x, uint32_t y) {
+    const LostRange& a = v[x];
+    const LostRange& b = v[y];
     return a.snapshot != b.snapshot ? a.snapshot < b.snapshot : a.guest_offset < b.guest_offset;
   });
   std::vector<LostRange> out;
-  for (const LostRange& r : v) {
+  for (uint32_t i : order) {
+    LostRange& r = v[i];
     if (!out.empty() && out.back().snapshot == r.snapshot && r.length &&
         out.back().guest_offset + out.back().length == r.guest_offset) {
       out.back().length += r.length;
     } else {
-      out.push_back(r);
+      out.push_back(std::move(r));
     }
   }
   return out;

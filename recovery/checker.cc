@@ -949,22 +949,27 @@ Result<Header> ReadHeaderAsStored(File* file, uint64_t file_size) {
     if (!s.ok()) return s.Annotate("reading the image header");
   }
   // The header codec checks every table pointer as the engine needs it.
-  // Check and salvage judge those themselves, so the codec gets a copy with
-  // the table pointers neutralised and the stored values are put back after.
-  std::vector<uint8_t> copy = buf;
+  // Check and salvage judge those themselves, so the codec sees the table
+  // pointers neutralised (in place: the buffer can be a 2 MiB cluster) and
+  // the stored values are put back after.
+  const uint64_t l1_table_offset = LoadBE64(buf.data() + 40);
+  const uint64_t refcount_table_offset = LoadBE64(buf.data() + 48);
+  const uint32_t refcount_table_clusters = LoadBE32(buf.data() + 56);
+  const uint32_t nb_snapshots = LoadBE32(buf.data() + 60);
+  const uint64_t snapshots_offset = LoadBE64(buf.data() + 64);
   if (bits_ok) {
-    StoreBE64(copy.data() + 40, 1ull << bits);
-    StoreBE64(copy.data() + 48, 1ull << bits);
-    StoreBE32(copy.data() + 56, 1);
-    StoreBE32(copy.data() + 60, 0);
-    StoreBE64(copy.data() + 64, 0);
+    StoreBE64(buf.data() + 40, 1ull << bits);
+    StoreBE64(buf.data() + 48, 1ull << bits);
+    StoreBE32(buf.data() + 56, 1);
+    StoreBE32(buf.data() + 60, 0);
+    StoreBE64(buf.data() + 64, 0);
   }
-  QCOW2J_ASSIGN_OR_RETURN(Header h, ParseHeader(copy, kHugeFileSize));
-  h.l1_table_offset = LoadBE64(buf.data() + 40);
-  h.refcount_table_offset = LoadBE64(buf.data() + 48);
-  h.refcount_table_clusters = LoadBE32(buf.data() + 56);
-  h.nb_snapshots = LoadBE32(buf.data() + 60);
-  h.snapshots_offset = LoadBE64(buf.data() + 64);
+  QCOW2J_ASSIGN_OR_RETURN(Header h, ParseHeader(buf, kHugeFileSize));
+  h.l1_table_offset = l1_table_offset;
+  h.refcount_table_offset = refcount_table_offset;
+  h.refcount_table_clusters = refcount_table_clusters;
+  h.nb_snapshots = nb_snapshots;
+  h.snapshots_offset = snapshots_offset;
   return h;
 }
 
