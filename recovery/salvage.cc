@@ -19,14 +19,11 @@ namespace qcow2j {
 
 namespace {
 
-// Zeros written over lost ranges (only with a backing file, so that they do
-// not read the backing file's stale data). A hostile header can claim a
-// petabyte disk; past this budget lost ranges stay unallocated. The budget
-// counts clusters, each one L2 entry to write: 64 GiB of 64 KiB clusters,
-// 8 MiB of L2 tables, at any cluster size.
-constexpr uint64_t kMaxZeroedLostClusters = 1ull << 20;
-
 bool AllZero(const uint8_t* p, size_t n) { return BufferIsZero(p, n); }
+
+uint64_t ClusterBytes(uint64_t clusters, uint32_t cluster_bits) {
+  return clusters >= (UINT64_MAX >> cluster_bits) ? UINT64_MAX : clusters << cluster_bits;
+}
 
 }  // namespace
 
@@ -140,7 +137,10 @@ Status Salvager::Lose(Copy& c, uint64_t guest, uint64_t len, std::string reason)
   if (first <= last) c.report->lost_clusters += last - first + 1;
   c.last_lost_cluster = last;
   if (!c.backing) return Status::OK();
-  const uint64_t budget = kMaxZeroedLostClusters << cb_;
+  // Zeros over lost ranges keep them from reading the backing file's stale
+  // data. A hostile header can claim a petabyte disk: the budget counts
+  // clusters (L2 entries to write), so it costs the same at any cluster size.
+  const uint64_t budget = ClusterBytes(opts_.max_zeroed_lost_clusters, cb_);
   const uint64_t n = std::min(len, budget - std::min(budget, c.zeroed_lost));
   if (n < len) c.unzeroed_lost = true;
   if (n == 0) return Status::OK();
@@ -205,9 +205,12 @@ Status Salvager::CopyTo(Image* out, const ClusterDecompressor& decompress, Salva
     }
   }
   if (c.unzeroed_lost) {
-    Note(report, "lost ranges past the first " + std::to_string(kMaxZeroedLostClusters) +
-                     " clusters (" + std::to_string((kMaxZeroedLostClusters << cb_) >> 20) +
-                     " MiB) were left unallocated: in the output they read from the backing file");
+    const uint64_t max = opts_.max_zeroed_lost_clusters;
+    const uint64_t bytes = ClusterBytes(max, cb_);
+    const std::string size = bytes >= (1 << 20) ? std::to_string(bytes >> 20) + " MiB"
+                                                 : std::to_string(bytes >> 10) + " KiB";
+    Note(report, "lost ranges past the first " + std::to_string(max) + " clusters (" + size +
+                     ") were left unallocated: in the output they read from the backing file");
   }
   return Status::OK();
 }

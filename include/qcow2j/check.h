@@ -91,6 +91,10 @@ struct SalvageOptions {
   Env* env = nullptr;  // nullptr: Env::Default(); used for both files
   // Called with notes as they arise (snapshots left behind, a failed walk).
   std::function<void(const std::string& line)> on_message;
+  // Over a backing file, lost ranges are written as zero clusters up to this
+  // many clusters (one L2 entry each: 1 Mi is 64 GiB of 64 KiB clusters);
+  // past it they stay unallocated and read from the backing file (noted).
+  uint64_t max_zeroed_lost_clusters = uint64_t{1} << 20;
 };
 
 struct SalvageReport {

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include "qcow2j/check.h"
 #include "util/test_util.h"
 
 namespace qcow2j {
@@ -284,6 +285,31 @@ TEST(Salvage, ZeroingOfHugeLostRangesIsBudgeted) {
                          "\"zero\": true, \"data\": false"),
             std::string::npos)
       << map.out.substr(0, 600);
+}
+
+// The library takes a smaller budget: exactly that many clusters are
+// zeroed, the next one reads from the backing file.
+TEST(Salvage, ZeroingBudgetIsAnOption) {
+  ASSERT_TRUE(HaveProgram("qemu-img"));
+  TempDir tmp;
+  const std::string base = tmp.Path("base.raw"), img = tmp.Path("top.qcow2");
+  const std::string out = tmp.Path("out.qcow2");
+  Must(test::Run("qemu-img create -q -f raw " + Quote(base) + " 64M"));
+  Must(test::Run("qemu-io -f raw -c 'write -P 6 0 1M' " + Quote(base)));
+  Must(test::Run("qemu-img create -q -f qcow2 -b base.raw -F raw " + Quote(img)));
+  PokeBe64(img, 40, 1ull << 40);  // l1_table_offset: far past the end of the file
+  SalvageOptions so;
+  so.max_zeroed_lost_clusters = 5;
+  auto r = SalvageImage(img, out, so);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->notes.size(), 1u);
+  EXPECT_EQ(r->notes[0],
+            "lost ranges past the first 5 clusters (320 KiB) were left unallocated: in the output "
+            "they read from the backing file");
+  RunResult data = test::Run("qemu-io -r -c 'read -P 0 0 320k' -c 'read -P 6 320k 64k' " + Quote(out));
+  EXPECT_EQ(data.exit_code, 0) << data.Describe();
+  EXPECT_EQ(data.out.find("Pattern verification failed"), std::string::npos) << data.Describe();
+  EXPECT_EQ(test::Run("qemu-img check " + Quote(out)).exit_code, 0);
 }
 
 // Random damage to metadata never crashes salvage, and whatever it produces
