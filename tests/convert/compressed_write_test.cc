@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -407,6 +408,58 @@ TEST(ConvertTest, QemuCompressedImagesConvertIdentically) {
     ASSERT_TRUE(r.ok()) << r.Describe();
     ExpectIdentical(q, again);
     CheckClean(again);
+  }
+}
+
+// The guest offsets of the clusters `qemu-img map` shows as plain data (with
+// a host offset: compressed clusters have none), one per cluster.
+std::vector<uint64_t> UncompressedClusters(const std::string& img, uint64_t cs) {
+  RunResult map = test::Run("qemu-img map --output=json " + Quote(img));
+  EXPECT_TRUE(map.ok()) << map.Describe();
+  std::optional<Json> j = ParseJson(map.out);
+  EXPECT_TRUE(j && j->is_array()) << map.out;
+  std::vector<uint64_t> starts;
+  for (const Json& e : j ? j->arr : std::vector<Json>{}) {
+    if (!e.Get("data")->b || e.Get("offset") == nullptr) continue;
+    const uint64_t start = std::stoull(e.Get("start")->str), len = std::stoull(e.Get("length")->str);
+    for (uint64_t off = start; off < start + len; off += cs) starts.push_back(off);
+  }
+  return starts;
+}
+
+// convert -c with zlib probes each cluster before deflating it: clusters of
+// random bytes are stored uncompressed, as qemu-img stores them (deflate
+// does not shrink them); text, a byte counter (flat byte histogram, but
+// repeats) and a cluster half random, half text are compressed, as by
+// qemu-img. Same with an O_DIRECT target.
+TEST(ConvertTest, IncompressibleClustersAreStoredUncompressedLikeQemu) {
+  RequireQemu();
+  TempDir d;
+  std::mt19937 rng(31);
+  std::string data;
+  AppendRandom(&data, 64 * kKiB, &rng);  // 0: random
+  AppendText(&data, 64 * kKiB, &rng);    // 1: text
+  for (size_t i = 0; i < 64 * kKiB; i++) data.push_back(static_cast<char>(i));  // 2: counter
+  AppendRandom(&data, 64 * kKiB, &rng);  // 3: random
+  AppendRandom(&data, 32 * kKiB, &rng);  // 4: half random, half text
+  AppendText(&data, 32 * kKiB, &rng);
+  AppendRandom(&data, 128 * kKiB, &rng);  // 5, 6: random
+  AppendText(&data, 40 * kKiB, &rng);     // 7: text, the image's partial last cluster
+  const std::string src = d.Path("src.raw"), q = d.Path("q.qcow2");
+  WriteFile(src, data);
+  ASSERT_TRUE(Must("qemu-img convert -c -O qcow2 " + Quote(src) + " " + Quote(q)));
+  const std::vector<uint64_t> want = {0, 3 * 64 * kKiB, 5 * 64 * kKiB, 6 * 64 * kKiB};
+  ASSERT_EQ(UncompressedClusters(q, 64 * kKiB), want) << "qemu-img, the oracle, stores these uncompressed";
+  for (const char* flags : {"-c", "-c -t none", "-c -m 1"}) {
+    SCOPED_TRACE(flags);
+    const std::string out = d.Path("out.qcow2");
+    std::remove(out.c_str());
+    RunResult r = test::Run(Cli() + " convert " + flags + " -O qcow2 " + Quote(src) + " " + Quote(out));
+    ASSERT_TRUE(r.ok()) << r.Describe();
+    ExpectIdentical(src, out);
+    EXPECT_EQ(QemuRaw(d, out), data);
+    EXPECT_EQ(UncompressedClusters(out, 64 * kKiB), want);
+    EXPECT_EQ(CompressedClusters(CheckClean(out)), 4u) << "clusters 1, 2, 4 and 7";
   }
 }
 
