@@ -56,6 +56,9 @@ namespace {
 constexpr uint64_t kRunBytes = 1u << 20;
 // Guest bytes compressed per batch (bounds the memory of one call).
 constexpr uint64_t kBatchBytes = 2u << 20;
+// Write-outs (a run's buffer each) that may wait for a writer to take them
+// before a batch stops packing to write them.
+constexpr size_t kMaxUnclaimedWriteOuts = 4;
 
 }  // namespace
 
@@ -153,6 +156,13 @@ Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len)
       StoreL2EntryLocked(slice, ent, *desc, 0);  // no subcluster bits on a compressed entry
       l2_cache_->Release(slice);
       FreeOldLocked(old_raw, false);
+      // Runs that ended early (uncompressed clusters took the next host
+      // cluster) leave with their whole buffer: do not let a batch that
+      // meets many of them hold those buffers until it ends. The loop
+      // checks everything again per cluster, so it may drop the lock here.
+      size_t unclaimed = 0;
+      for (const RunWriteOut& o : zout_) unclaimed += !o.claimed;
+      if (unclaimed >= kMaxUnclaimedWriteOuts) QCOW2J_RETURN_IF_ERROR(WriteOutClaimed(lk));
     }
     QCOW2J_RETURN_IF_ERROR(WriteOutClaimed(lk));
     lk.unlock();
