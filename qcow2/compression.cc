@@ -9,6 +9,12 @@
 // sector, so both decoders stop as soon as the cluster is full and never look
 // at the bytes after the end of the stream.
 //
+// Before deflating a cluster, a probe of a few samples (compressibility_probe)
+// spots incompressible data, which is then stored as it is without being
+// deflated whole: on random bytes deflate costs as much as on text and saves
+// nothing. zstd needs no probe: it gives up on incompressible blocks quickly
+// by itself, about as fast as the probe would.
+//
 // Codec contexts are per thread and reused: setting up deflate costs far more
 // than compressing a 64 KiB cluster.
 #include "qcow2/compression.h"
@@ -23,6 +29,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "qcow2/compressibility_probe.h"
 
 namespace qcow2j {
 namespace {
@@ -69,6 +77,7 @@ struct ZstdDCtxFree {
 };
 
 Result<size_t> CompressZlib(std::span<const uint8_t> src, std::span<uint8_t> dst) {
+  if (LooksIncompressible(src)) return size_t{0};  // store uncompressed, as if deflate had not shrunk it
   thread_local std::unique_ptr<IgzipState> state(new IgzipState);
   isal_zstream* s = &state->stream;
   isal_deflate_stateless_init(s);

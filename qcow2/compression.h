@@ -20,7 +20,8 @@ Status DecompressCluster(CompressionType type, std::span<const uint8_t> src, std
 
 // Compresses `src` into `dst`; returns the compressed size, or 0 when the
 // result would not be smaller than dst.size() (store the cluster
-// uncompressed then).
+// uncompressed then). zlib also returns 0, without deflating, for a cluster
+// that a probe of samples finds incompressible (LooksIncompressible).
 Result<size_t> CompressCluster(CompressionType type, std::span<const uint8_t> src, std::span<uint8_t> dst);
 
 }  // namespace qcow2j

@@ -31,7 +31,9 @@
 // buffer (ReadHostCompressed). When the buffer is full, its complete
 // clusters leave with it (zout_) and the run goes on in a fresh buffer; the
 // writer that filled it writes them once it has dropped meta_mu_, so the
-// other writers keep packing meanwhile. Readers find them in zout_ until
+// other writers keep packing meanwhile. A run that cannot grow (the next
+// host cluster is not next to it: uncompressed clusters took those) leaves
+// whole the same way, its partial last cluster zero-padded. Readers find them in zout_ until
 // they are on disk; a flush writes or waits for every one before it syncs.
 #include <xxhash.h>
 
@@ -54,6 +56,9 @@ namespace {
 constexpr uint64_t kRunBytes = 1u << 20;
 // Guest bytes compressed per batch (bounds the memory of one call).
 constexpr uint64_t kBatchBytes = 2u << 20;
+// Write-outs (a run's buffer each) that may wait for a writer to take them
+// before a batch stops packing to write them.
+constexpr size_t kMaxUnclaimedWriteOuts = 4;
 
 }  // namespace
 
@@ -151,6 +156,13 @@ Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len)
       StoreL2EntryLocked(slice, ent, *desc, 0);  // no subcluster bits on a compressed entry
       l2_cache_->Release(slice);
       FreeOldLocked(old_raw, false);
+      // Runs that ended early (uncompressed clusters took the next host
+      // cluster) leave with their whole buffer: do not let a batch that
+      // meets many of them hold those buffers until it ends. The loop
+      // checks everything again per cluster, so it may drop the lock here.
+      size_t unclaimed = 0;
+      for (const RunWriteOut& o : zout_) unclaimed += !o.claimed;
+      if (unclaimed >= kMaxUnclaimedWriteOuts) QCOW2J_RETURN_IF_ERROR(WriteOutClaimed(lk));
     }
     QCOW2J_RETURN_IF_ERROR(WriteOutClaimed(lk));
     lk.unlock();
@@ -164,12 +176,7 @@ Status Qcow2Image::WriteCompressed(uint64_t offset, const void* buf, size_t len)
 Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* host) {
   CompressedRun& r = zrun_;
   const uint64_t cs = cluster_size_;
-  if (!r.buf) {
-    r.capacity = std::max<uint64_t>(2 * cs, kRunBytes);
-    void* p = std::aligned_alloc(4096, r.capacity);
-    if (p == nullptr) return Status::FromErrno(ENOMEM, "compressed-write cache");
-    r.buf.reset(static_cast<uint8_t*>(p));
-  }
+  r.capacity = std::max<uint64_t>(2 * cs, kRunBytes);
   // A partly used cluster whose refcount is at its maximum (1-bit refcounts
   // allow one compressed cluster each) takes no more, as in QEMU.
   if (r.base && (r.fill & (cs - 1))) {
@@ -186,7 +193,7 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
   }
   if (!r.base || r.clusters * cs - r.fill < n) {
     // One more host cluster (n < cs: one is enough). Make room first.
-    if (r.base && r.clusters * cs == r.capacity) QCOW2J_RETURN_IF_ERROR(WriteOutRunLocked(false));
+    if (r.base && r.clusters * cs == r.capacity) QCOW2J_RETURN_IF_ERROR(MoveRunToWriteOutLocked(false));
     QCOW2J_ASSIGN_OR_RETURN(uint64_t c, refcounts_->Allocate(1));
     // Bytes the last journal commit checksummed stay as they are until a
     // later frame confirms it (docs/journal-format.md, "Writing", rule 2).
@@ -201,7 +208,15 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
       std::lock_guard<std::mutex> g(zcache_mu_);
       r.clusters++;  // contiguous: the data may span into it
     } else {
-      Status s = r.base ? FinishCompressedRunLocked() : Status::OK();
+      // The run ends here (the new cluster is not next to it); its buffer
+      // is written like any full one, by this writer once it drops
+      // meta_mu_, not under the lock: every other writer would wait.
+      Status s = MoveRunToWriteOutLocked(true);
+      if (s.ok() && !r.buf) {  // the first run, or the last one took its buffer along
+        void* p = std::aligned_alloc(4096, r.capacity);
+        s = p ? Status::OK() : Status::FromErrno(ENOMEM, "compressed-write cache");
+        r.buf.reset(static_cast<uint8_t*>(p));
+      }
       if (!s.ok()) {
         decrements_.push_back({c, false});  // give the new cluster back at the next flush
         return s;
@@ -227,61 +242,47 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
   return Status::OK();
 }
 
-Status Qcow2Image::WriteOutRunLocked(bool all) {
+Status Qcow2Image::MoveRunToWriteOutLocked(bool whole) {
   CompressedRun& r = zrun_;
   if (!r.base) return Status::OK();
   const uint64_t cs = cluster_size_;
   const uint64_t full = r.fill >> cluster_bits_;  // clusters no compressed cluster can enter
-  if (!all) {
-    // The complete clusters leave with the buffer that holds them, to be
-    // written by the caller once it drops meta_mu_ (WriteOutClaimed); the
-    // run goes on in a fresh buffer.
-    if (full == 0) return Status::OK();
-    const uint64_t bytes = full * cs;
-    QCOW2J_RETURN_IF_ERROR(GuardWrite(r.base, bytes, MetadataKind::kData));  // overlap-guard
+  // whole: the partial last cluster goes too, zero-padded, and the run ends
+  // (nothing may enter that cluster afterwards), so the buffer leaves as it
+  // is; else only the complete clusters leave and the partial one moves to
+  // a fresh buffer, where the run goes on.
+  const uint64_t clusters = whole ? r.clusters : full;  // a run has at least one
+  if (clusters == 0) return Status::OK();
+  const uint64_t bytes = clusters * cs;
+  QCOW2J_RETURN_IF_ERROR(GuardWrite(r.base, bytes, MetadataKind::kData));  // overlap-guard
+  std::unique_ptr<uint8_t, CompressedRun::Free> rest;
+  if (!whole) {
     void* p = std::aligned_alloc(4096, r.capacity);
     if (p == nullptr) return Status::FromErrno(ENOMEM, "compressed-write cache");
-    RunWriteOut o;
-    o.base = r.base;
-    o.bytes = bytes;
-    o.hash_it = JournalChecksums();
-    std::lock_guard<std::mutex> g(zcache_mu_);
-    std::memcpy(p, r.buf.get() + bytes, r.fill - bytes);
-    o.buf = std::move(r.buf);
-    r.buf.reset(static_cast<uint8_t*>(p));
+    rest.reset(static_cast<uint8_t*>(p));
+  }
+  RunWriteOut o;
+  o.base = r.base;
+  o.bytes = bytes;
+  // Each range is written once in a transaction (the run ends at every
+  // flush), so the journal can vouch for it by its checksum.
+  o.hash_it = JournalChecksums();
+  std::lock_guard<std::mutex> g(zcache_mu_);
+  if (whole) {
+    std::memset(r.buf.get() + r.fill, 0, bytes - r.fill);
+  } else {
+    std::memcpy(rest.get(), r.buf.get() + bytes, r.fill - bytes);
+  }
+  o.buf = std::move(r.buf);
+  r.buf = std::move(rest);  // none when whole: the next run allocates its own
+  zout_.push_back(std::move(o));
+  if (whole) {
+    r.base = r.clusters = r.fill = r.claimed_end = 0;
+  } else {
     r.base += bytes;
     r.clusters -= full;
     r.fill -= bytes;
-    zout_.push_back(std::move(o));
-    return Status::OK();
   }
-  uint64_t bytes = full * cs;
-  if (r.clusters > full) {
-    std::lock_guard<std::mutex> g(zcache_mu_);
-    std::memset(r.buf.get() + r.fill, 0, r.clusters * cs - r.fill);
-    bytes = r.clusters * cs;
-  }
-  // The buffer only changes under meta_mu_, which we hold: readers may copy
-  // from it meanwhile, nobody writes it.
-  if (bytes) {
-    QCOW2J_RETURN_IF_ERROR(GuardWrite(r.base, bytes, MetadataKind::kData));  // overlap-guard
-    Status s = file_->Write(r.base, r.buf.get(), bytes);
-    if (!s.ok()) {
-      NoteDataLossLocked();
-      return s;
-    }
-    // Each range is written once in a transaction (the run ends at every
-    // flush), so the journal can vouch for it by its checksum.
-    if (JournalChecksums()) NoteChecksumLocked(r.base, bytes, XXH64(r.buf.get(), bytes, 0));
-  }
-  if (full == 0) return Status::OK();
-  // Slide the written clusters out; only now, as they are on disk, may
-  // readers stop finding them in the buffer.
-  std::lock_guard<std::mutex> g(zcache_mu_);
-  std::memmove(r.buf.get(), r.buf.get() + full * cs, r.fill - full * cs);
-  r.base += full * cs;
-  r.clusters -= full;
-  r.fill -= full * cs;
   return Status::OK();
 }
 
@@ -359,15 +360,8 @@ Status Qcow2Image::ReapWriteOutsLocked() {
 }
 
 Status Qcow2Image::FinishCompressedRunLocked() {
-  QCOW2J_RETURN_IF_ERROR(SettleWriteOutsLocked());
-  if (!zrun_.base) return Status::OK();
-  QCOW2J_RETURN_IF_ERROR(WriteOutRunLocked(true));
-  std::lock_guard<std::mutex> g(zcache_mu_);
-  zrun_.base = 0;
-  zrun_.clusters = 0;
-  zrun_.fill = 0;
-  zrun_.claimed_end = 0;
-  return Status::OK();
+  QCOW2J_RETURN_IF_ERROR(MoveRunToWriteOutLocked(true));
+  return SettleWriteOutsLocked();
 }
 
 Status Qcow2Image::ReadHostCompressed(uint64_t host, uint8_t* dst, size_t len) {

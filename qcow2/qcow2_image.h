@@ -290,11 +290,11 @@ class Qcow2Image final : public Image {
   std::list<RunWriteOut> zout_;  // changed under meta_mu_ and zcache_mu_; read under either
   std::condition_variable zout_cv_;  // with zcache_mu_: a write-out was written
   Status PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* host);
-  // Writes the run's complete clusters and slides them out of the buffer;
-  // all: writes the partial last cluster too (zero-padded) and keeps it.
-  Status WriteOutRunLocked(bool all);
-  // Flush: the partial cluster is written and the run ends (a later flush
-  // may free clusters of it, so nothing may be packed into it afterwards).
+  // Moves the run's complete clusters into an unclaimed write-out (zout_);
+  // whole: the partial last cluster too (zero-padded), and the run ends.
+  Status MoveRunToWriteOutLocked(bool whole);
+  // Flush: the run ends (a later flush may free clusters of it, so nothing
+  // may be packed into it afterwards) and every write-out is written.
   Status FinishCompressedRunLocked();
   // Reads host bytes of compressed data, from the run's buffer where it is
   // not on disk yet. Callable with or without meta_mu_.

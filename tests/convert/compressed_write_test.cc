@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -334,8 +335,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, CompressedModelTest,
 
 // Many threads writing compressed clusters at once while others read them:
 // every read sees either zeros or the final data, never garbage.
-TEST(CompressedWriteTest, ConcurrentWritersAndReaders) {
-  RequireQemu();
+// mixed: every third cluster is random, stored uncompressed; the clusters
+// those take end the compressed run again and again, and each ended run is
+// written out by its writer after it drops the lock while readers read it.
+void ConcurrentWritersAndReaders(bool mixed) {
   TempDir d;
   const std::string img = d.Path("t.qcow2");
   const uint64_t cs = 65536, clusters = 256;
@@ -345,7 +348,15 @@ TEST(CompressedWriteTest, ConcurrentWritersAndReaders) {
   ASSERT_TRUE(Image::Create(img, c).ok());
   std::vector<std::string> content(clusters);
   std::mt19937 rng(9);
-  for (auto& s : content) AppendText(&s, cs, &rng);
+  uint64_t compressible = 0;
+  for (uint64_t i = 0; i < clusters; i++) {
+    if (mixed && i % 3 == 1) {
+      AppendRandom(&content[i], cs, &rng);
+    } else {
+      AppendText(&content[i], cs, &rng);
+      compressible++;
+    }
+  }
   {
     OpenOptions o;
     o.read_only = false;
@@ -381,10 +392,20 @@ TEST(CompressedWriteTest, ConcurrentWritersAndReaders) {
     ASSERT_TRUE(image.Close().ok());
   }
   Json check = CheckClean(img);
-  EXPECT_EQ(CompressedClusters(check), clusters);
+  EXPECT_EQ(CompressedClusters(check), compressible);
   std::string all;
   for (const auto& s : content) all += s;
   EXPECT_TRUE(QemuRaw(d, img) == all);
+}
+
+TEST(CompressedWriteTest, ConcurrentWritersAndReaders) {
+  RequireQemu();
+  ConcurrentWritersAndReaders(false);
+}
+
+TEST(CompressedWriteTest, ConcurrentWritersAndReadersAmongUncompressedClusters) {
+  RequireQemu();
+  ConcurrentWritersAndReaders(true);
 }
 
 // Images qemu-img compressed convert through qcow2j: to raw, and again to
@@ -407,6 +428,58 @@ TEST(ConvertTest, QemuCompressedImagesConvertIdentically) {
     ASSERT_TRUE(r.ok()) << r.Describe();
     ExpectIdentical(q, again);
     CheckClean(again);
+  }
+}
+
+// The guest offsets of the clusters `qemu-img map` shows as plain data (with
+// a host offset: compressed clusters have none), one per cluster.
+std::vector<uint64_t> UncompressedClusters(const std::string& img, uint64_t cs) {
+  RunResult map = test::Run("qemu-img map --output=json " + Quote(img));
+  EXPECT_TRUE(map.ok()) << map.Describe();
+  std::optional<Json> j = ParseJson(map.out);
+  EXPECT_TRUE(j && j->is_array()) << map.out;
+  std::vector<uint64_t> starts;
+  for (const Json& e : j ? j->arr : std::vector<Json>{}) {
+    if (!e.Get("data")->b || e.Get("offset") == nullptr) continue;
+    const uint64_t start = std::stoull(e.Get("start")->str), len = std::stoull(e.Get("length")->str);
+    for (uint64_t off = start; off < start + len; off += cs) starts.push_back(off);
+  }
+  return starts;
+}
+
+// convert -c with zlib probes each cluster before deflating it: clusters of
+// random bytes are stored uncompressed, as qemu-img stores them (deflate
+// does not shrink them); text, a byte counter (flat byte histogram, but
+// repeats) and a cluster half random, half text are compressed, as by
+// qemu-img. Same with an O_DIRECT target.
+TEST(ConvertTest, IncompressibleClustersAreStoredUncompressedLikeQemu) {
+  RequireQemu();
+  TempDir d;
+  std::mt19937 rng(31);
+  std::string data;
+  AppendRandom(&data, 64 * kKiB, &rng);  // 0: random
+  AppendText(&data, 64 * kKiB, &rng);    // 1: text
+  for (size_t i = 0; i < 64 * kKiB; i++) data.push_back(static_cast<char>(i));  // 2: counter
+  AppendRandom(&data, 64 * kKiB, &rng);  // 3: random
+  AppendRandom(&data, 32 * kKiB, &rng);  // 4: half random, half text
+  AppendText(&data, 32 * kKiB, &rng);
+  AppendRandom(&data, 128 * kKiB, &rng);  // 5, 6: random
+  AppendText(&data, 40 * kKiB, &rng);     // 7: text, the image's partial last cluster
+  const std::string src = d.Path("src.raw"), q = d.Path("q.qcow2");
+  WriteFile(src, data);
+  ASSERT_TRUE(Must("qemu-img convert -c -O qcow2 " + Quote(src) + " " + Quote(q)));
+  const std::vector<uint64_t> want = {0, 3 * 64 * kKiB, 5 * 64 * kKiB, 6 * 64 * kKiB};
+  ASSERT_EQ(UncompressedClusters(q, 64 * kKiB), want) << "qemu-img, the oracle, stores these uncompressed";
+  for (const char* flags : {"-c", "-c -t none", "-c -m 1"}) {
+    SCOPED_TRACE(flags);
+    const std::string out = d.Path("out.qcow2");
+    std::remove(out.c_str());
+    RunResult r = test::Run(Cli() + " convert " + flags + " -O qcow2 " + Quote(src) + " " + Quote(out));
+    ASSERT_TRUE(r.ok()) << r.Describe();
+    ExpectIdentical(src, out);
+    EXPECT_EQ(QemuRaw(d, out), data);
+    EXPECT_EQ(UncompressedClusters(out, 64 * kKiB), want);
+    EXPECT_EQ(CompressedClusters(CheckClean(out)), 4u) << "clusters 1, 2, 4 and 7";
   }
 }
 
