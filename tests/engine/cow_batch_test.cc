@@ -17,6 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "io/crash_env.h"
+#include "io/forwarding_file.h"
+#include "io/memory_env.h"
+#include "qcow2j/check.h"
 #include "qcow2j/file.h"
 #include "qcow2j/image.h"
 #include "util/test_util.h"
@@ -36,34 +40,26 @@ struct IoCounts {
   std::atomic<uint64_t> image_writes{0}, backing_reads{0};
 };
 
-class SlowCountingFile final : public File {
+class SlowCountingFile final : public ForwardingFile {
  public:
   SlowCountingFile(std::unique_ptr<File> f, IoCounts* c, bool is_backing)
-      : f_(std::move(f)), c_(c), backing_(is_backing) {}
+      : ForwardingFile(std::move(f)), c_(c), backing_(is_backing) {}
   Status Read(uint64_t o, void* b, size_t n) override {
     NoteRead();
-    return f_->Read(o, b, n);
+    return base_->Read(o, b, n);
   }
   Status Readv(uint64_t o, std::span<const iovec> v) override {
     NoteRead();
-    return f_->Readv(o, v);
+    return base_->Readv(o, v);
   }
   Status Write(uint64_t o, const void* b, size_t n) override {
     NoteWrite();
-    return f_->Write(o, b, n);
+    return base_->Write(o, b, n);
   }
   Status Writev(uint64_t o, std::span<const iovec> v) override {
     NoteWrite();
-    return f_->Writev(o, v);
+    return base_->Writev(o, v);
   }
-  Status Sync() override { return f_->Sync(); }
-  Result<uint64_t> Size() override { return f_->Size(); }
-  Status Truncate(uint64_t s) override { return f_->Truncate(s); }
-  Status Allocate(uint64_t o, uint64_t l, bool k) override { return f_->Allocate(o, l, k); }
-  Status ZeroRange(uint64_t o, uint64_t l) override { return f_->ZeroRange(o, l); }
-  Status PunchHole(uint64_t o, uint64_t l) override { return f_->PunchHole(o, l); }
-  Result<uint64_t> AllocatedBytes() override { return f_->AllocatedBytes(); }
-  Result<Run> ProbeRun(uint64_t o, uint64_t m) override { return f_->ProbeRun(o, m); }
 
  private:
   void NoteRead() {
@@ -74,24 +70,25 @@ class SlowCountingFile final : public File {
     c_->image_writes++;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  std::unique_ptr<File> f_;
   IoCounts* c_;
   bool backing_;
 };
 
 class SlowCountingEnv final : public Env {
  public:
-  explicit SlowCountingEnv(std::string backing) : backing_(std::move(backing)) {}
+  explicit SlowCountingEnv(std::string backing, Env* base = Env::Default())
+      : backing_(std::move(backing)), base_(base) {}
   Result<std::unique_ptr<File>> Open(const std::string& path, unsigned flags) override {
-    QCOW2J_ASSIGN_OR_RETURN(auto f, Env::Default()->Open(path, flags));
+    QCOW2J_ASSIGN_OR_RETURN(auto f, base_->Open(path, flags));
     return std::unique_ptr<File>(new SlowCountingFile(std::move(f), &counts, path == backing_));
   }
-  bool Exists(const std::string& p) override { return Env::Default()->Exists(p); }
-  Status Remove(const std::string& p) override { return Env::Default()->Remove(p); }
+  bool Exists(const std::string& p) override { return base_->Exists(p); }
+  Status Remove(const std::string& p) override { return base_->Remove(p); }
   IoCounts counts;
 
  private:
   std::string backing_;
+  Env* base_;
 };
 
 // The 4K written at the start of cluster i.
@@ -102,23 +99,26 @@ struct Fixture {
   std::string base = dir.Path("base.qcow2"), img = dir.Path("img.qcow2");
 };
 
-void MakeImages(const Fixture& f, bool journal) {
+void MakeImages(const std::string& base, const std::string& img, bool journal, Env* env = nullptr) {
   CreateOptions bc;
   bc.size = kClusters * kCluster;
-  ASSERT_TRUE(Image::Create(f.base, bc).ok());
+  bc.env = env;
+  ASSERT_TRUE(Image::Create(base, bc).ok());
   OpenOptions o;
   o.read_only = false;
-  auto b = Image::Open(f.base, o);
+  o.env = env;
+  auto b = Image::Open(base, o);
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   std::vector<uint8_t> fill(kClusters * kCluster, kOld);
   ASSERT_TRUE((*b)->Write(0, fill.data(), fill.size()).ok());
   ASSERT_TRUE((*b)->Close().ok());
   CreateOptions c;
   c.size = kClusters * kCluster;
-  c.backing_file = f.base;
+  c.backing_file = base;
   c.backing_format = "qcow2";
   c.journal = journal;
-  ASSERT_TRUE(Image::Create(f.img, c).ok());
+  c.env = env;
+  ASSERT_TRUE(Image::Create(img, c).ok());
 }
 
 // Submits one 4K write at the start of each listed cluster, all at once,
@@ -152,26 +152,53 @@ std::string Expected(const std::vector<uint64_t>& written) {
   return want;
 }
 
-class CowBatchTest : public ::testing::TestWithParam<bool> {};  // journal on/off
+std::vector<uint64_t> AllClusters() {
+  std::vector<uint64_t> all;
+  for (uint64_t i = 0; i < kClusters; i++) all.push_back(i);
+  return all;
+}
+
+Result<std::unique_ptr<Image>> OpenOverlay(const std::string& path, Env* env) {
+  OpenOptions o;
+  o.read_only = false;
+  o.background_checkpoints = false;  // the same I/O sequence every run
+  o.env = env;
+  return Image::Open(path, o);
+}
+
+class CowBatchTest : public ::testing::TestWithParam<bool> {  // journal on/off
+ protected:
+  // Creates the images on disk and opens the overlay through env_.
+  void OpenOnDisk() {
+    MakeImages(f_.base, f_.img, GetParam());
+    if (HasFatalFailure()) return;
+    env_ = std::make_unique<SlowCountingEnv>(f_.base);
+    auto im = OpenOverlay(f_.img, env_.get());
+    ASSERT_TRUE(im.ok()) << im.status().ToString();
+    im_ = std::move(*im);
+  }
+  // Closes the overlay: QEMU must find it clean and read `want` from it.
+  void CloseAndAskQemu(const std::string& want) {
+    ASSERT_TRUE(im_->Close().ok());
+    RunResult check = test::Run("qemu-img check " + Quote(f_.img));
+    EXPECT_EQ(check.exit_code, 0) << check.Describe();
+    EXPECT_TRUE(QemuRead(f_.dir, f_.img, "") == want) << "QEMU reads other contents";
+  }
+  Fixture f_;
+  std::unique_ptr<SlowCountingEnv> env_;
+  std::unique_ptr<Image> im_;  // closed before env_ goes
+};
 
 TEST_P(CowBatchTest, AdjacentClustersShareBackingReadsAndWrites) {
   ASSERT_TRUE(HaveProgram("qemu-img")) << "qemu-img (qemu-utils) is required";
-  Fixture f;
-  MakeImages(f, GetParam());
+  OpenOnDisk();
   if (HasFatalFailure()) return;
-  SlowCountingEnv env(f.base);
-  OpenOptions o;
-  o.read_only = false;
-  o.env = &env;
-  auto im = Image::Open(f.img, o);
-  ASSERT_TRUE(im.ok()) << im.status().ToString();
-  std::vector<uint64_t> all;
-  for (uint64_t i = 0; i < kClusters; i++) all.push_back(i);
+  const std::vector<uint64_t> all = AllClusters();
   std::vector<std::vector<uint8_t>> pieces;
-  env.counts.image_writes = 0;
-  env.counts.backing_reads = 0;
-  WriteAllAtOnce(im->get(), all, &pieces);
-  const uint64_t writes = env.counts.image_writes, reads = env.counts.backing_reads;
+  env_->counts.image_writes = 0;
+  env_->counts.backing_reads = 0;
+  WriteAllAtOnce(im_.get(), all, &pieces);
+  const uint64_t writes = env_->counts.image_writes, reads = env_->counts.backing_reads;
   // One write and one backing read per cluster without batching; batches
   // of up to 16 clusters (1 MiB) leave a handful (the first write goes out
   // alone, before the others are planned).
@@ -180,53 +207,32 @@ TEST_P(CowBatchTest, AdjacentClustersShareBackingReadsAndWrites) {
   // Read back through the engine before the flush (the COW is not pending:
   // it went out with the data).
   std::vector<uint8_t> got(kClusters * kCluster);
-  ASSERT_TRUE((*im)->Read(0, got.data(), got.size()).ok());
+  ASSERT_TRUE(im_->Read(0, got.data(), got.size()).ok());
   const std::string want = Expected(all);
   EXPECT_TRUE(std::memcmp(got.data(), want.data(), want.size()) == 0);
-  ASSERT_TRUE((*im)->Close().ok());
-  RunResult check = test::Run("qemu-img check " + Quote(f.img));
-  EXPECT_EQ(check.exit_code, 0) << check.Describe();
-  EXPECT_TRUE(QemuRead(f.dir, f.img, "") == want) << "QEMU reads other contents";
+  CloseAndAskQemu(want);
 }
 
 TEST_P(CowBatchTest, ClustersThatAreNotAdjacentAreNotMerged) {
   ASSERT_TRUE(HaveProgram("qemu-img")) << "qemu-img (qemu-utils) is required";
-  Fixture f;
-  MakeImages(f, GetParam());
+  OpenOnDisk();
   if (HasFatalFailure()) return;
-  SlowCountingEnv env(f.base);
-  OpenOptions o;
-  o.read_only = false;
-  o.env = &env;
-  auto im = Image::Open(f.img, o);
-  ASSERT_TRUE(im.ok()) << im.status().ToString();
   // Every other cluster: the host clusters are adjacent (appended in
   // order) but the guest clusters are not, so each needs its own backing
   // read and its own write.
   std::vector<uint64_t> even;
   for (uint64_t i = 0; i < kClusters; i += 2) even.push_back(i);
   std::vector<std::vector<uint8_t>> pieces;
-  env.counts.image_writes = 0;
-  WriteAllAtOnce(im->get(), even, &pieces);
-  EXPECT_EQ(env.counts.image_writes, even.size());
-  ASSERT_TRUE((*im)->Close().ok());
-  RunResult check = test::Run("qemu-img check " + Quote(f.img));
-  EXPECT_EQ(check.exit_code, 0) << check.Describe();
-  EXPECT_TRUE(QemuRead(f.dir, f.img, "") == Expected(even)) << "QEMU reads other contents";
+  env_->counts.image_writes = 0;
+  WriteAllAtOnce(im_.get(), even, &pieces);
+  EXPECT_EQ(env_->counts.image_writes, even.size());
+  CloseAndAskQemu(Expected(even));
 }
 
 TEST_P(CowBatchTest, ConcurrentReadersSeeOldOrNewClusters) {
-  Fixture f;
-  MakeImages(f, GetParam());
+  OpenOnDisk();
   if (HasFatalFailure()) return;
-  SlowCountingEnv env(f.base);
-  OpenOptions o;
-  o.read_only = false;
-  o.env = &env;
-  auto im = Image::Open(f.img, o);
-  ASSERT_TRUE(im.ok()) << im.status().ToString();
-  std::vector<uint64_t> all;
-  for (uint64_t i = 0; i < kClusters; i++) all.push_back(i);
+  const std::vector<uint64_t> all = AllClusters();
   // Readers sweep the clusters while the batched writes are under way:
   // each cluster reads either wholly old or as the write left it, never
   // a cluster whose old part is missing.
@@ -238,7 +244,7 @@ TEST_P(CowBatchTest, ConcurrentReadersSeeOldOrNewClusters) {
       std::vector<uint8_t> buf(kCluster);
       for (uint64_t round = 0; !stop; round++) {
         uint64_t c = (round * 7 + static_cast<uint64_t>(t) * 16) % kClusters;
-        if (!(*im)->Read(c * kCluster, buf.data(), buf.size()).ok()) {
+        if (!im_->Read(c * kCluster, buf.data(), buf.size()).ok()) {
           bad++;
           continue;
         }
@@ -257,12 +263,79 @@ TEST_P(CowBatchTest, ConcurrentReadersSeeOldOrNewClusters) {
     });
   }
   std::vector<std::vector<uint8_t>> pieces;
-  WriteAllAtOnce(im->get(), all, &pieces);
+  WriteAllAtOnce(im_.get(), all, &pieces);
   stop = true;
   for (auto& r : readers) r.join();
   EXPECT_EQ(bad, 0u);
-  ASSERT_TRUE((*im)->Close().ok());
-  EXPECT_TRUE(QemuRead(f.dir, f.img, "") == Expected(all)) << "QEMU reads other contents";
+  CloseAndAskQemu(Expected(all));
+}
+
+// A batch is one write of many clusters: a crash may keep any part of it
+// (or tear it). Every crash state of a session that wrote batches and then
+// flushed must recover to clusters that read wholly old or wholly new (all
+// new once the flush returned), with no corruption, and with the journal
+// no leak either (without it a crash may leak, never corrupt).
+TEST_P(CowBatchTest, EveryCrashStateOfBatchedWritesRecovers) {
+  const bool journal = GetParam();
+  auto mem = NewMemoryEnvForTest();
+  MakeImages("base.qcow2", "img.qcow2", journal, mem.get());
+  if (HasFatalFailure()) return;
+  const std::vector<uint64_t> all = AllClusters();
+  CrashEnv crash(mem.get());
+  SlowCountingEnv slow("base.qcow2", &crash);
+  uint64_t flushed = 0;  // crash points from here on follow the flush
+  {
+    auto im = OpenOverlay("img.qcow2", &slow);
+    ASSERT_TRUE(im.ok()) << im.status().ToString();
+    std::vector<std::vector<uint8_t>> pieces;
+    WriteAllAtOnce(im->get(), all, &pieces);
+    EXPECT_LE(slow.counts.image_writes, kClusters / 4) << "the writes were not batched";
+    ASSERT_TRUE((*im)->Flush().ok());
+    flushed = crash.op_count();
+    crash.CrashNow();  // the close must not reach the disk
+  }
+  const std::vector<uint8_t> old_cluster(kCluster, kOld);
+  int states = 0;
+  for (uint64_t point = 0; point <= flushed; point++) {
+    for (CrashModel model : {CrashModel::kPrefix, CrashModel::kSubset, CrashModel::kTorn}) {
+      for (uint64_t seed = 0; seed < (model == CrashModel::kPrefix ? 1u : 2u); seed++) {
+        const std::string where = "crash point " + std::to_string(point) + "/" + std::to_string(flushed) +
+                                  " model " + std::to_string(static_cast<int>(model)) + " seed " +
+                                  std::to_string(seed);
+        auto out = NewMemoryEnvForTest();
+        CrashStateOptions so;
+        so.model = model;
+        so.seed = seed;
+        ASSERT_TRUE(crash.BuildCrashState(point, so, out.get()).ok()) << where;
+        {
+          auto im = OpenOverlay("img.qcow2", out.get());
+          ASSERT_TRUE(im.ok()) << where << ": " << im.status().ToString();
+          std::vector<uint8_t> got(kCluster), new_cluster(old_cluster);
+          for (uint64_t c = 0; c < kClusters; c++) {
+            ASSERT_TRUE((*im)->Read(c * kCluster, got.data(), got.size()).ok()) << where;
+            std::vector<uint8_t> p = Piece(c);
+            std::memcpy(new_cluster.data(), p.data(), p.size());
+            const bool is_new = got == new_cluster;
+            ASSERT_TRUE(is_new || (got == old_cluster && point < flushed))
+                << where << ": cluster " << c << " reads neither its old nor its new contents"
+                << (point < flushed ? "" : " after the flush");
+          }
+          ASSERT_TRUE((*im)->Close().ok()) << where;
+        }
+        CheckOptions co;
+        co.env = out.get();
+        auto report = CheckImage("img.qcow2", co);
+        ASSERT_TRUE(report.ok()) << where << ": " << report.status().ToString();
+        EXPECT_EQ(report->corruptions, 0u) << where;
+        if (journal) {
+          EXPECT_EQ(report->leaks, 0u) << where;
+        }
+        if (HasFailure()) return;
+        states++;
+      }
+    }
+  }
+  EXPECT_GT(states, 10);
 }
 
 INSTANTIATE_TEST_SUITE_P(Journal, CowBatchTest, ::testing::Values(true, false),
