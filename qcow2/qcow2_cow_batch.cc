@@ -63,6 +63,7 @@ void Qcow2Image::JoinCowBatchLocked(PendingWrite* w) {
     last->acts.push_back(&a);
     last->end_cluster++;
     last->end_host += cluster_size_;
+    if (last->acts.size() == max_members) last->cv.notify_all();  // full: it waits no more
     return;
   }
   auto b = std::make_shared<CowBatch>();
@@ -94,6 +95,7 @@ Status Qcow2Image::RunCowBatch(PendingWrite* w, uint64_t* hash) {
         cow_batches_running_--;
         b->st = s;
         b->done = true;
+        b->acts.clear();  // members leave once done: their actions go with them
         b->cv.notify_all();
         // A slot is free: the open batch, if it waits to grow, may run now.
         if (CowBatch* open = last_cow_batch_.get(); open && !open->claimed) open->cv.notify_all();
