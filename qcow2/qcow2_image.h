@@ -165,6 +165,24 @@ class Qcow2Image final : public Image {
                          size_t n, WriteAction* act);
   // *hash: XXH64 of everything written (head, data, tail), for the journal.
   Status ImmediateCow(const WriteAction& a, uint64_t* hash);
+  // Immediate COWs of adjacent clusters (qcow2_cow_batch.cc): one write per
+  // cluster over a backing file (W4) otherwise costs a backing read and a
+  // cluster-sized write per request. Writes planned while the previous
+  // batch is still open join it when their cluster follows its last one in
+  // both guest and host order; one thread (whichever member gets there
+  // first) then reads the old contents of the whole run from the backing
+  // file at once and writes every member's data with them in one vectored
+  // write. Each member still completes, notes its checksum and leaves
+  // inflight_ from its own thread, as an unbatched write would.
+  struct CowBatch {
+    std::vector<const WriteAction*> acts;  // consecutive guest and host clusters
+    std::vector<uint64_t> hashes;          // per member: XXH64 of its whole cluster
+    uint64_t end_cluster = 0, end_host = 0;  // just past the last member, guest and host
+    bool continues = false;  // starts right after the previous batch: a stream passes
+    bool claimed = false, done = false;
+    Status st;
+    std::condition_variable cv;  // with meta_mu_: done, closed, or a running batch finished
+  };
   // A write between its submission and the end of its planning.
   struct PendingWrite {
     uint64_t offset = 0;
@@ -175,7 +193,18 @@ class Qcow2Image final : public Image {
     std::condition_variable cv;
     Status st;
     std::vector<WriteAction> acts;
+    std::shared_ptr<CowBatch> cow_batch;  // its immediate COW runs batched
+    size_t cow_batch_index = 0;           // ... as this member
   };
+  // Adds planned write `w` to the open batch, or opens a new one, if its
+  // one piece is a whole-cluster immediate COW from the backing file.
+  void JoinCowBatchLocked(PendingWrite* w);
+  // Executes w's batch (or waits for the member executing it); *hash gets
+  // the checksum of w's cluster.
+  Status RunCowBatch(PendingWrite* w, uint64_t* hash);
+  Status WriteCowBatch(CowBatch* b);
+  std::shared_ptr<CowBatch> last_cow_batch_;  // the batch writes may still join
+  int cow_batches_running_ = 0;
   // Takes the write's place in submission order.
   uint64_t RegisterWrite(PendingWrite* w);
   void PlanWriteLocked(std::unique_lock<std::mutex>& lk, PendingWrite* w);

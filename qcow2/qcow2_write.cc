@@ -634,6 +634,7 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
         PendingWrite* r = it->second;
         registered_.erase(it);
         PlanWriteLocked(lk, r);
+        JoinCowBatchLocked(r);
         // Its owner may start its transfer now (one wakeup per write, not a
         // herd): a flush waiting for that transfer must not wait for the
         // rest of this batch.
@@ -659,7 +660,7 @@ Status Qcow2Image::RunWrite(PendingWrite* w, uint64_t* flush_needed) {
     if (acts[i].exclusive) {
       const WriteAction& a = acts[i++];
       uint64_t h = 0;
-      io = ImmediateCow(a, &h);
+      io = w->cow_batch ? RunCowBatch(w, &h) : ImmediateCow(a, &h);
       if (a.checksum) sums.push_back({a.cluster_host + a.cow_start, a.cow_end - a.cow_start, h});
       continue;
     }

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "io/forwarding_file.h"
 #include "metadata/endian.h"
 #include "metadata/header.h"
 #include "metadata/l2_entry.h"
@@ -26,35 +27,23 @@ struct Counters {
 };
 
 // Counts syncs and written bytes of every file it opens.
-class CountingFile final : public File {
+class CountingFile final : public ForwardingFile {
  public:
-  CountingFile(std::unique_ptr<File> f, Counters* c) : f_(std::move(f)), c_(c) {}
-  Status Read(uint64_t o, void* b, size_t n) override { return f_->Read(o, b, n); }
+  CountingFile(std::unique_ptr<File> f, Counters* c) : ForwardingFile(std::move(f)), c_(c) {}
   Status Write(uint64_t o, const void* b, size_t n) override {
     c_->bytes_written += n;
-    return f_->Write(o, b, n);
+    return base_->Write(o, b, n);
   }
-  Status Readv(uint64_t o, std::span<const iovec> v) override { return f_->Readv(o, v); }
   Status Writev(uint64_t o, std::span<const iovec> v) override {
     for (const iovec& x : v) c_->bytes_written += x.iov_len;
-    return f_->Writev(o, v);
+    return base_->Writev(o, v);
   }
   Status Sync() override {
     c_->syncs++;
-    return f_->Sync();
+    return base_->Sync();
   }
-  Result<uint64_t> Size() override { return f_->Size(); }
-  Status Truncate(uint64_t s) override { return f_->Truncate(s); }
-  Status Allocate(uint64_t o, uint64_t l, bool k) override { return f_->Allocate(o, l, k); }
-  Status ZeroRange(uint64_t o, uint64_t l) override { return f_->ZeroRange(o, l); }
-  Status PunchHole(uint64_t o, uint64_t l) override { return f_->PunchHole(o, l); }
-  Result<uint64_t> AllocatedBytes() override { return f_->AllocatedBytes(); }
-  Result<Run> ProbeRun(uint64_t o, uint64_t m) override { return f_->ProbeRun(o, m); }
-  size_t alignment() const override { return f_->alignment(); }
-  bool direct() const override { return f_->direct(); }
 
  private:
-  std::unique_ptr<File> f_;
   Counters* c_;
 };
 
