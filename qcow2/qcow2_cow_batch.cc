@@ -89,9 +89,23 @@ Status Qcow2Image::RunCowBatch(PendingWrite* w, uint64_t* hash) {
       if (!may_grow || cow_batches_running_ < kCowBatchesRunning) {
         b->claimed = true;  // no write joins it from here on: acts is stable
         cow_batches_running_++;
+        std::unique_ptr<uint8_t, AlignedFree> buf;
+        if (!cow_batch_buffers_.empty()) {
+          buf = std::move(cow_batch_buffers_.back());
+          cow_batch_buffers_.pop_back();
+        }
         lk.unlock();
-        Status s = WriteCowBatch(b);
+        Status s;
+        if (!buf) {
+          void* p = nullptr;
+          if (int err = ::posix_memalign(&p, 4096, kCowBatchBytes); err != 0) {
+            s = Status::FromErrno(err, "allocate a " + std::to_string(kCowBatchBytes) + " byte COW buffer");
+          }
+          buf.reset(static_cast<uint8_t*>(p));
+        }
+        if (s.ok()) s = WriteCowBatch(b, buf.get());
         lk.lock();
+        if (buf && cow_batch_buffers_.size() < kCowBatchesRunning) cow_batch_buffers_.push_back(std::move(buf));
         cow_batches_running_--;
         b->st = s;
         b->done = true;
@@ -108,22 +122,19 @@ Status Qcow2Image::RunCowBatch(PendingWrite* w, uint64_t* hash) {
   return b->st;
 }
 
-Status Qcow2Image::WriteCowBatch(CowBatch* b) {
+// buf: kCowBatchBytes, 4 KiB aligned.
+Status Qcow2Image::WriteCowBatch(CowBatch* b, uint8_t* buf) {
   const size_t members = b->acts.size();
   const uint64_t span = members << cluster_bits_;
   const WriteAction& first = *b->acts[0];
-  void* p = nullptr;
-  if (int err = ::posix_memalign(&p, 4096, span); err != 0)
-    return Status::FromErrno(err, "allocate a " + std::to_string(span) + " byte COW buffer");
-  std::unique_ptr<uint8_t, AlignedFree> old(static_cast<uint8_t*>(p));
-  QCOW2J_RETURN_IF_ERROR(ReadBacking(first.cluster << cluster_bits_, old.get(), span));
+  QCOW2J_RETURN_IF_ERROR(ReadBacking(first.cluster << cluster_bits_, buf, span));
   // Each member's cluster: old head, the member's data, old tail.
   std::vector<iovec> iov;
   iov.reserve(3 * members);
   b->hashes.assign(members, 0);
   for (size_t i = 0; i < members; i++) {
     const WriteAction& a = *b->acts[i];
-    uint8_t* base = old.get() + (i << cluster_bits_);
+    uint8_t* base = buf + (i << cluster_bits_);
     const uint64_t in = a.pos & (cluster_size_ - 1);
     const size_t first_iov = iov.size();
     if (in > 0) iov.push_back({base, in});
