@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <list>
 #include <map>
 #include <memory>
@@ -462,8 +463,16 @@ class Qcow2Image final : public Image {
   Status RewriteHeader(const Header& h);
   // A session holds committed transactions (incompatible bit 16 on disk).
   std::atomic<bool> jpending_{false};
-  void NoteL2ChangeLocked(TableCache::Table* slice, const uint8_t* entry) {
-    if (journal_on_) jl2_.insert(slice->offset() + static_cast<uint64_t>(entry - slice->data()));
+  // Records that an L2 entry changed, for the next journal transaction.
+  // Callers noting entries in ascending order pass back the hint this
+  // returns, so each insertion lands right after the one before.
+  using L2ChangeHint = std::set<uint64_t>::iterator;
+  L2ChangeHint NoteL2ChangeLocked(TableCache::Table* slice, const uint8_t* entry) {
+    return NoteL2ChangeLocked(slice, entry, jl2_.end());
+  }
+  L2ChangeHint NoteL2ChangeLocked(TableCache::Table* slice, const uint8_t* entry, L2ChangeHint hint) {
+    if (!journal_on_) return hint;
+    return std::next(jl2_.insert(hint, slice->offset() + static_cast<uint64_t>(entry - slice->data())));
   }
   void NoteChecksumLocked(uint64_t host, uint64_t len, uint64_t hash);
   void NoteDataLossLocked() {  // data of the open transaction in an unknown state

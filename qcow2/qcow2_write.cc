@@ -757,16 +757,12 @@ Status Qcow2Image::ZeroOrDiscardClusters(uint64_t first, uint64_t count, bool ze
       // Allocates the table, or copies one shared with a snapshot: the
       // entries read above stay what they were.
       QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * slice, WritableL2Locked(c0, &ent));
-      auto hint = jl2_.end();
+      L2ChangeHint hint = jl2_.end();
       for (const Change& ch : changes) {
         uint8_t* e = ent + uint64_t{ch.index} * l2_entry_bytes_;
         StoreBE64(e, ch.raw);
         if (ext) StoreBE64(e + 8, ch.bitmap);
-        if (journal_on_) {
-          // Ascending offsets: each goes right after the one before.
-          hint = jl2_.insert(hint, slice->offset() + static_cast<uint64_t>(e - slice->data()));
-          ++hint;
-        }
+        hint = NoteL2ChangeLocked(slice, e, hint);  // ascending offsets
         if (!ch.keep_host) FreeOldLocked(ch.old_raw, !zero || unmap);
       }
       l2_cache_->MarkDirty(slice);
