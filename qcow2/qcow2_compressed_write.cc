@@ -194,7 +194,16 @@ Status Qcow2Image::PlaceCompressedLocked(const uint8_t* z, size_t n, uint64_t* h
   if (!r.base || r.clusters * cs - r.fill < n) {
     // One more host cluster (n < cs: one is enough). Make room first.
     if (r.base && r.clusters * cs == r.capacity) QCOW2J_RETURN_IF_ERROR(MoveRunToWriteOutLocked(false));
-    QCOW2J_ASSIGN_OR_RETURN(uint64_t c, refcounts_->Allocate(1));
+    bool fresh = false;
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t c, refcounts_->Allocate(1, &fresh));
+    // An O_DIRECT write-out of the run must not extend the file (see
+    // ReserveAheadLocked).
+    if (fresh && file_->direct()) {
+      if (Status s = ReserveAheadLocked(c); !s.ok()) {
+        decrements_.push_back({c, false});
+        return s;
+      }
+    }
     // Bytes the last journal commit checksummed stay as they are until a
     // later frame confirms it (docs/journal-format.md, "Writing", rule 2).
     if (journal_on_ && OverlapsUnconfirmedLocked(c, cs)) {

@@ -150,6 +150,10 @@ class Qcow2Image final : public Image {
   std::array<uint64_t, 64> recent_ends_{};
   size_t recent_pos_ = 0;
   uint64_t reserved_end_ = 0;  // host clusters below this were reserved (fallocated) ahead
+  // Reserves the just-appended cluster at `host` and the ones after it.
+  Status ReserveAheadLocked(uint64_t host);
+  // At close: drops the reserved clusters past the last allocated one.
+  Status TrimReservationLocked();
   Status InitWriter();
   Status CheckWritable(const char* op, uint64_t offset, uint64_t len);
   // One cluster's part of a write, planned under the lock, executed without.

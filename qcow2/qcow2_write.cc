@@ -42,10 +42,38 @@ constexpr size_t kCowFillThreads = 16;
 constexpr int kGroupCommitWaitUs = 2000;  // longest a flush leader waits for its group
 constexpr uint64_t kAllAllocated = 0xffffffffull;
 constexpr uint64_t kAllZero = 0xffffffffull << 32;
-constexpr uint64_t kReserveAhead = 16;  // clusters reserved by one fallocate
-constexpr uint64_t kReserveAheadMax = 1 << 20;  // ... but no more bytes than this
+constexpr uint64_t kReserveAheadBytes = 8 << 20;  // reserved by one fallocate (or one cluster)
 
 }  // namespace
+
+Status Qcow2Image::ReserveAheadLocked(uint64_t host) {
+  // The cluster at `host` was just appended. It is reserved (fallocated),
+  // and so are the clusters after it up to kReserveAheadBytes, in one call:
+  // whatever is allocated next at the end of the file lands inside the
+  // file's size.
+  //   - An O_DIRECT write past the end of the file holds ext4's inode lock
+  //     exclusively until it completes, so appending writes at depth N
+  //     would reach the disk one at a time (convert -t none: a quarter of
+  //     its context switches were writers queued on that lock). Into
+  //     reserved (unwritten) blocks, aligned writes share the lock.
+  //   - Each fallocate waits for every write in flight (it takes the same
+  //     lock exclusively), so one per cluster drained the queue once per
+  //     allocation (W4x: 16384 fallocates, a tenth of the samples waiting
+  //     in rwsem_down_write), and one per MiB still once per 1 MiB write
+  //     of a convert: one call covers 8 MiB.
+  // The clusters past this one are not allocated by the refcount manager:
+  // the file is only longer, with blocks that read as zeros, which a fresh
+  // cluster must hold anyway. reserved_end_ is a hint: if it is stale, a
+  // cluster is written without reservation. A failure is the caller's
+  // (the request that meets a fault reports it): with less than
+  // kReserveAheadBytes left, allocating writes get ENOSPC that much
+  // earlier. Close trims what was reserved past the last cluster.
+  if (host + cluster_size_ <= reserved_end_) return Status::OK();
+  const uint64_t ahead = std::max<uint64_t>(cluster_size_, kReserveAheadBytes);
+  Status s = data_file_->Allocate(host, ahead, false);
+  if (s.ok()) reserved_end_ = host + ahead;
+  return s.ok() || s.code() == Code::kNotSupported ? Status::OK() : s;
+}
 
 Status Qcow2Image::InitWriter() {
   if (header_.crypt_method) return Status::NotSupported("encrypted images are not supported");
@@ -398,31 +426,14 @@ Status Qcow2Image::PlanPieceLocked(std::unique_lock<std::mutex>& lk, uint64_t po
       return a.status();
     }
     host = *a;
-    // A new cluster that this write only partly covers is reserved
-    // (fallocated) before any other write can reach it, and so are the
-    // next kReserveAhead clusters with it, in one call: whatever is
-    // allocated next at the end of the file lands inside the file's size.
-    // An O_DIRECT write past the end of the file holds ext4's inode lock
-    // exclusively until it completes, so allocating writes at depth N
-    // would go to the disk one at a time; and each fallocate waits for
-    // every write in flight (it takes the same lock exclusively), so one
-    // per cluster drained the queue once per allocation (W4x: 16384
-    // fallocates, a tenth of the samples waiting in rwsem_down_write).
-    // The clusters past this one are not allocated by the refcount
-    // manager: the file is only longer, with blocks that read as zeros,
-    // which a fresh cluster must hold anyway. reserved_end_ is a hint: if
-    // it is stale, a cluster is written without reservation. Done before
-    // the L2 entry is published, so a failure leaves nothing pointing at
-    // the cluster.
-    // A failure is the write's (the request that meets a fault reports
-    // it): with less than kReserveAheadMax bytes left, allocating writes
-    // get ENOSPC that much earlier.
-    if (fresh && n < cluster_size_ && host + cluster_size_ > reserved_end_) {
-      const uint64_t ahead =
-          std::max<uint64_t>(cluster_size_, std::min(kReserveAhead * cluster_size_, kReserveAheadMax));
-      Status s = data_file_->Allocate(host, ahead, false);
-      if (s.ok()) reserved_end_ = host + ahead;
-      if (!s.ok() && s.code() != Code::kNotSupported) {
+    // A new cluster that this write only partly covers must read as zeros
+    // around the new data, and an O_DIRECT write of a whole one must not
+    // extend the file: reserve it (ReserveAheadLocked). Done before the L2
+    // entry is published, so a failure leaves nothing pointing at the
+    // cluster.
+    if (fresh && (n < cluster_size_ || data_file_->direct())) {
+      Status s = ReserveAheadLocked(host);
+      if (!s.ok()) {
         l2_cache_->Release(slice);
         decrements_.push_back({host, false});  // give the cluster back at the next flush
         return s;
@@ -1038,6 +1049,18 @@ Status Qcow2Image::Flush() {
   return FlushLocked(lk);
 }
 
+Status Qcow2Image::TrimReservationLocked() {
+  // Clusters reserved ahead (ReserveAheadLocked) but never allocated make
+  // the file longer than its last cluster: a closed image ends where QEMU's
+  // would. Only the reserved tail goes: a file that is longer for another
+  // reason keeps its length.
+  if (reserved_end_ == 0 || data_file_ != file_.get()) return Status::OK();
+  QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
+  const uint64_t end = refcounts_->end_offset();
+  if (size <= end || size > reserved_end_) return Status::OK();
+  return file_->Truncate(end);
+}
+
 Status Qcow2Image::Close() {
   JoinAreaPunch();
   if (closed_) return Status::OK();
@@ -1061,6 +1084,7 @@ Status Qcow2Image::Close() {
       s = refcounts_->WriteBack();
       if (s.ok()) s = file_->Sync();
     }
+    if (s.ok()) s = TrimReservationLocked();
   }
   closed_ = true;
   if (backing_) (void)backing_->Close();
