@@ -68,6 +68,7 @@ Result<CheckReport> CheckImage(const std::string& path, const CheckOptions& opts
   bool rebuilt = false;
   ctx.rebuilt = &rebuilt;
   ScanOptions quiet;
+  quiet.keep_messages = false;  // the rounds read kinds and counts only
   std::unique_ptr<ScanResult> cur = std::move(first);
   bool wrote = false;
   for (int round = 0; round < kMaxRepairRounds; ++round) {

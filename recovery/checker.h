@@ -69,6 +69,9 @@ struct ScanOptions {
   // the refcounts a rebuilt structure must hold: the old one goes away).
   bool count_refcount_structures = true;
   std::function<void(const std::string&)> on_message;
+  // Problems get their message text. Without it (and without on_message)
+  // they carry only kind, offset and counts: enough for a repair.
+  bool keep_messages = true;
   // Called with the fraction (0..1] of the pass's L2 tables read so far.
   std::function<void(double)> on_progress;
 };

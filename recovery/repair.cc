@@ -11,7 +11,14 @@ namespace qcow2j {
 
 namespace {
 
-void Say(const RepairContext& ctx, const std::string& line) {
+// The line is built only when someone listens: a repair of an image with
+// thousands of bad entries or snapshots otherwise spends its time on
+// strings nobody reads.
+template <class MakeLine>
+void Say(const RepairContext& ctx, MakeLine&& make) {
+  if (ctx.on_message) ctx.on_message(make());
+}
+void Say(const RepairContext& ctx, const char* line) {
   if (ctx.on_message) ctx.on_message(line);
 }
 
@@ -43,8 +50,10 @@ Result<bool> PatchRefcounts(const RepairContext& ctx, const ScanResult& scan, bo
       it = dirty.emplace(b, std::move(blk)).first;
     }
     SetRefcount(it->second, h.refcount_order, i % per_block, r2);
-    Say(ctx, "Repairing cluster " + std::to_string(i) + " refcount=" + std::to_string(r1) +
-                 " reference=" + std::to_string(r2));
+    Say(ctx, [&] {
+      return "Repairing cluster " + std::to_string(i) + " refcount=" + std::to_string(r1) +
+             " reference=" + std::to_string(r2);
+    });
     ++fixed;
   }
   for (const auto& [b, blk] : dirty) {
@@ -100,7 +109,7 @@ Status FixSnapshots(const RepairContext& ctx, const ScanResult& scan) {
   if (!scan.drop_all_snapshots) table = RebuildSnapshotTable(scan, &count);
   for (const SnapshotRecord& s : scan.snapshots) {
     if (scan.drop_all_snapshots || s.bad) {
-      Say(ctx, "Repairing: discarding snapshot " + s.id + " (" + s.name + ")");
+      Say(ctx, [&] { return "Repairing: discarding snapshot " + s.id + " (" + s.name + ")"; });
       if (ctx.lost) ctx.lost->push_back({0, 0, s.id, ""});
     }
   }
@@ -115,7 +124,9 @@ Status FixSnapshots(const RepairContext& ctx, const ScanResult& scan) {
   StoreBE32(hdr, count);
   StoreBE64(hdr + 4, offset);
   QCOW2J_RETURN_IF_ERROR(ctx.file->Write(60, hdr, sizeof(hdr)));
-  Say(ctx, "Repairing: snapshot table rewritten with " + std::to_string(count) + " entries");
+  Say(ctx, [&] {
+    return "Repairing: snapshot table rewritten with " + std::to_string(count) + " entries";
+  });
   return ctx.file->Sync();
 }
 
@@ -125,16 +136,19 @@ Status ApplyWords(const RepairContext& ctx, std::vector<WordFix> fixes, const ch
   for (const WordFix& f : fixes) {
     QCOW2J_RETURN_IF_ERROR(WriteWord(ctx.file, f.offset, f.value));
     if (f.lost.length) {
-      Say(ctx, std::string("Repairing ") + what + " at " + HexStr(f.offset) +
-                   ": cleared; guest range " + HexStr(f.lost.guest_offset) + "+" +
-                   HexStr(f.lost.length) +
-                   (f.lost.snapshot.empty() ? " of the active image"
-                                            : " of snapshot " + f.lost.snapshot) +
-                   " is lost");
+      Say(ctx, [&] {
+        return std::string("Repairing ") + what + " at " + HexStr(f.offset) +
+               ": cleared; guest range " + HexStr(f.lost.guest_offset) + "+" +
+               HexStr(f.lost.length) +
+               (f.lost.snapshot.empty() ? " of the active image" : " of snapshot " + f.lost.snapshot) +
+               " is lost";
+      });
       if (ctx.lost) ctx.lost->push_back(f.lost);
     } else {
-      Say(ctx, std::string("Repairing ") + what + " at " + HexStr(f.offset) + ": now " +
-                   HexStr(f.value));
+      Say(ctx, [&] {
+        return std::string("Repairing ") + what + " at " + HexStr(f.offset) + ": now " +
+               HexStr(f.value);
+      });
     }
   }
   return ctx.file->Sync();
@@ -172,8 +186,10 @@ Result<bool> RepairRound(const RepairContext& ctx, const ScanResult& scan) {
                                 " bytes): refusing to grow the file to repair it");
     const uint64_t cs = scan.header.cluster_size();
     const uint64_t size = (scan.min_file_size + cs - 1) & ~(cs - 1);
-    Say(ctx, "Repairing: growing the file to " + std::to_string(size) +
-                 " bytes to hold a table that ends past it");
+    Say(ctx, [&] {
+      return "Repairing: growing the file to " + std::to_string(size) +
+             " bytes to hold a table that ends past it";
+    });
     QCOW2J_RETURN_IF_ERROR(ctx.file->Truncate(size));
     return true;
   }
@@ -202,6 +218,7 @@ Result<bool> RepairRound(const RepairContext& ctx, const ScanResult& scan) {
     Say(ctx, "Rebuilding refcount structure");
     ScanOptions o;
     o.count_refcount_structures = false;
+    o.keep_messages = false;
     QCOW2J_ASSIGN_OR_RETURN(auto refs, ScanImage(ctx.file, o));
     QCOW2J_RETURN_IF_ERROR(RebuildRefcounts(ctx.file, *refs));
     return true;

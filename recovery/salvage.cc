@@ -80,6 +80,7 @@ Status Salvager::Init() {
     }
   }
   ScanOptions quiet;
+  quiet.keep_messages = false;  // only the cluster owners are used
   auto scan = ScanImage(src_, quiet);
   if (scan.ok()) {
     owners_ = std::move((*scan)->owners);
