@@ -179,6 +179,27 @@ Status RefcountManager::SetRange(uint64_t first_ci, uint64_t n, uint64_t value) 
   return Status::OK();
 }
 
+Result<uint64_t> RefcountManager::FirstInUse(uint64_t first_ci, uint64_t n) {
+  // A slice at a time (a journal area is thousands of clusters).
+  for (uint64_t ci = first_ci; ci < first_ci + n;) {
+    uint64_t idx;
+    QCOW2J_ASSIGN_OR_RETURN(TableCache::Table * t, Slice(ci, false, &idx));
+    const uint64_t run = std::min(slice_entries_ - idx, first_ci + n - ci);
+    if (t) {
+      std::span<const uint8_t> blk(t->data(), slice_bytes_);
+      for (uint64_t i = 0; i < run; i++) {
+        if (GetRefcount(blk, order_, idx + i)) {
+          cache_->Release(t);
+          return ci + i - first_ci;
+        }
+      }
+      cache_->Release(t);
+    }
+    ci += run;
+  }
+  return n;
+}
+
 Result<uint64_t> RefcountManager::Get(uint64_t host_offset) {
   uint64_t ci = host_offset >> cluster_bits_;
   uint64_t idx;
@@ -224,12 +245,8 @@ Result<uint64_t> RefcountManager::Allocate(uint64_t n, bool* fresh) {
     free_.erase(it);
     if (len > n) free_[ci + n] = len - n;
     // A free cluster may have been taken by a refcount block meanwhile.
-    bool taken = false;
-    for (uint64_t i = 0; i < n && !taken; i++) {
-      QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Get((ci + i) << cluster_bits_));
-      taken = rc != 0;
-    }
-    if (taken) continue;  // dropped from the free map: retry with the rest
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t used, FirstInUse(ci, n));
+    if (used < n) continue;  // dropped from the free map: retry with the rest
     QCOW2J_RETURN_IF_ERROR(SetRange(ci, n, 1));
     if (fresh) *fresh = false;
     return ci << cluster_bits_;
@@ -239,15 +256,11 @@ Result<uint64_t> RefcountManager::Allocate(uint64_t n, bool* fresh) {
   for (;;) {
     uint64_t off = end_;
     uint64_t ci = off >> cluster_bits_;
-    bool busy = false;
-    for (uint64_t i = 0; i < n && !busy; i++) {
-      QCOW2J_ASSIGN_OR_RETURN(uint64_t rc, Get((ci + i) << cluster_bits_));
-      if (rc) {
-        end_ = (ci + i + 1) << cluster_bits_;
-        busy = true;
-      }
+    QCOW2J_ASSIGN_OR_RETURN(uint64_t used, FirstInUse(ci, n));
+    if (used < n) {
+      end_ = (ci + used + 1) << cluster_bits_;
+      continue;
     }
-    if (busy) continue;
     end_ = off + (n << cluster_bits_);
     QCOW2J_RETURN_IF_ERROR(SetRange(ci, n, 1));
     // SetRange may have appended a refcount block after us; that is fine.
@@ -323,14 +336,35 @@ Status RefcountManager::JournalRecords(std::vector<JournalRecord>* out) {
   for (uint64_t bi : new_blocks_)
     out->push_back(NewTable{JournalTableKind::kRefcountBlock, table_[bi] & kRefcountTableOffsetMask});
   if (!changed_ascending_) SortChanges();
-  for (size_t i = 0; i < changed_.size();) {
-    QCOW2J_ASSIGN_OR_RETURN(uint64_t v, Get(changed_[i] << cluster_bits_));
-    size_t j = i + 1;
-    while (j < changed_.size() && changed_[j] == changed_[j - 1] + 1) {
-      QCOW2J_ASSIGN_OR_RETURN(uint64_t w, Get(changed_[j] << cluster_bits_));
-      if (w != v) break;
-      j++;
+  // The refcount of changed_[k], its slice looked up once per slice: a
+  // commit after a large allocation restates thousands of clusters.
+  TableCache::Table* slice = nullptr;
+  uint64_t slice_first = 0;  // cluster index of the slice's first entry
+  auto value = [&](uint64_t ci) -> Result<uint64_t> {
+    if (!slice || ci < slice_first || ci >= slice_first + slice_entries_) {
+      if (slice) cache_->Release(slice);
+      slice = nullptr;
+      uint64_t idx;
+      QCOW2J_ASSIGN_OR_RETURN(slice, Slice(ci, false, &idx));
+      if (!slice) return uint64_t{0};
+      slice_first = ci - idx;
     }
+    return GetRefcount(std::span<const uint8_t>(slice->data(), slice_bytes_), order_, ci - slice_first);
+  };
+  Status st = Status::OK();
+  auto get = [&](uint64_t ci, uint64_t* v) {
+    Result<uint64_t> r = value(ci);
+    if (!r.ok()) st = r.status();
+    *v = r.ok() ? *r : 0;
+    return r.ok();
+  };
+  for (size_t i = 0; i < changed_.size();) {
+    uint64_t v = 0;
+    if (!get(changed_[i], &v)) break;
+    size_t j = i + 1;
+    uint64_t w = 0;
+    while (j < changed_.size() && changed_[j] == changed_[j - 1] + 1 && get(changed_[j], &w) && w == v) j++;
+    if (!st.ok()) break;
     if (j - i == 1) {
       out->push_back(RefcountUpdate{changed_[i], v});
     } else {
@@ -338,7 +372,8 @@ Status RefcountManager::JournalRecords(std::vector<JournalRecord>* out) {
     }
     i = j;
   }
-  return Status::OK();
+  if (slice) cache_->Release(slice);
+  return st;
 }
 
 void RefcountManager::SortChanges() {

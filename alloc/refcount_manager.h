@@ -127,6 +127,9 @@ class RefcountManager {
   // Sets refcount of clusters [first, first+n) to value, all in existing or
   // created blocks (used for allocation bookkeeping).
   Status SetRange(uint64_t first_ci, uint64_t n, uint64_t value);
+  // The position in [first_ci, first_ci + n) of the first cluster whose
+  // refcount is not 0, or n when all are free.
+  Result<uint64_t> FirstInUse(uint64_t first_ci, uint64_t n);
   void AddFree(uint64_t ci, uint64_t n);
   // overlap-guard: OK when [offset, offset+len) may be written as `kind`.
   Status Guard(uint64_t offset, uint64_t len, MetadataKind kind) {
