@@ -69,6 +69,11 @@ Status Qcow2Image::ReserveAheadLocked(uint64_t host) {
   // kReserveAheadBytes left, allocating writes get ENOSPC that much
   // earlier. Close trims what was reserved past the last cluster.
   if (host + cluster_size_ <= reserved_end_) return Status::OK();
+  if (!size_before_reserving_) {  // the first reservation: what was there before stays at close
+    Result<uint64_t> size = data_file_->Size();
+    if (!size.ok()) return size.status();
+    size_before_reserving_ = std::max<uint64_t>(*size, 1);
+  }
   const uint64_t ahead = std::max<uint64_t>(cluster_size_, kReserveAheadBytes);
   Status s = data_file_->Allocate(host, ahead, false);
   if (s.ok()) reserved_end_ = host + ahead;
@@ -1053,10 +1058,11 @@ Status Qcow2Image::TrimReservationLocked() {
   // Clusters reserved ahead (ReserveAheadLocked) but never allocated make
   // the file longer than its last cluster: a closed image ends where QEMU's
   // would. Only the reserved tail goes: a file that is longer for another
-  // reason keeps its length.
+  // reason keeps its length, and so do bytes the file held before this
+  // session reserved anything.
   if (reserved_end_ == 0 || data_file_ != file_.get()) return Status::OK();
   QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
-  const uint64_t end = refcounts_->end_offset();
+  const uint64_t end = std::max(refcounts_->end_offset(), size_before_reserving_);
   if (size <= end || size > reserved_end_) return Status::OK();
   return file_->Truncate(end);
 }
