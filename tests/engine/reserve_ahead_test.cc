@@ -84,9 +84,9 @@ std::string Expected(bool backing, size_t len = 4096) {
 // The image's last byte as `qemu-img check` computes it.
 uint64_t ImageEnd(const std::string& image) {
   RunResult r = test::Run("qemu-img check --output=json " + Quote(image));
-  const std::string key = "\"image-end-offset\": ";
-  size_t at = r.out.find(key);
-  return at == std::string::npos ? 0 : std::stoull(r.out.substr(at + key.size()));
+  auto doc = ParseJson(r.out);
+  const Json* end = doc ? doc->Get("image-end-offset") : nullptr;
+  return end ? std::stoull(end->str) : 0;
 }
 
 class ReserveAheadTest : public ::testing::TestWithParam<std::pair<bool, bool>> {};
