@@ -150,7 +150,7 @@ class Qcow2Image final : public Image {
   std::array<uint64_t, 64> recent_ends_{};
   size_t recent_pos_ = 0;
   uint64_t reserved_end_ = 0;  // host clusters below this were reserved (fallocated) ahead
-  uint64_t size_before_reserving_ = 0;  // the file's size at the first reservation (0: none yet)
+  std::optional<uint64_t> size_before_reserving_;  // the file's size at the first reservation
   // Reserves the just-appended cluster at `host` and the ones after it.
   Status ReserveAheadLocked(uint64_t host);
   // At close: drops the reserved clusters past the last allocated one.

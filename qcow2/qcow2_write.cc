@@ -72,7 +72,7 @@ Status Qcow2Image::ReserveAheadLocked(uint64_t host) {
   if (!size_before_reserving_) {  // the first reservation: what was there before stays at close
     Result<uint64_t> size = data_file_->Size();
     if (!size.ok()) return size.status();
-    size_before_reserving_ = std::max<uint64_t>(*size, 1);
+    size_before_reserving_ = *size;
   }
   const uint64_t ahead = std::max<uint64_t>(cluster_size_, kReserveAheadBytes);
   Status s = data_file_->Allocate(host, ahead, false);
@@ -1062,7 +1062,7 @@ Status Qcow2Image::TrimReservationLocked() {
   // session reserved anything.
   if (reserved_end_ == 0 || data_file_ != file_.get()) return Status::OK();
   QCOW2J_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
-  const uint64_t end = std::max(refcounts_->end_offset(), size_before_reserving_);
+  const uint64_t end = std::max(refcounts_->end_offset(), size_before_reserving_.value_or(0));
   if (size <= end || size > reserved_end_) return Status::OK();
   return file_->Truncate(end);
 }

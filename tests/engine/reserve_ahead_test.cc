@@ -91,7 +91,7 @@ uint64_t ImageEnd(const std::string& image) {
 
 class ReserveAheadTest : public ::testing::TestWithParam<std::pair<bool, bool>> {};
 
-TEST_P(ReserveAheadTest, OneFallocatePerSixteenNewClusters) {
+TEST_P(ReserveAheadTest, OneFallocatePerEightMiBOfNewClusters) {
   ASSERT_TRUE(HaveProgram("qemu-img")) << "qemu-img (qemu-utils) is required";
   const auto [extended_l2, backing] = GetParam();
   TempDir dir;
