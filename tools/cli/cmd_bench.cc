@@ -1,6 +1,7 @@
 // qcow2j bench: qemu-img bench, `depth` asynchronous requests in flight.
 #include <getopt.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -17,14 +18,109 @@ namespace qcow2j::cli {
 
 namespace {
 
-// Requests in flight and the buffer slots they hold, shared with the
-// completion callbacks (which run on engine threads).
-struct BenchState {
-  std::mutex mu;
-  std::condition_variable cv;
-  int in_flight = 0;
-  std::vector<int> free_slots;
-  Status error;
+// The run's state, shared with the completion callbacks (which run on engine
+// threads). As in qemu-img bench, each completion issues the next requests
+// itself: the main thread only starts the run and waits for its end, so a
+// request's slot is reused without a hop through the main thread.
+class BenchRun {
+ public:
+  BenchRun(Image* img, uint8_t* buf, size_t slot, uint64_t count, uint64_t depth, uint64_t offset,
+           uint64_t size, uint64_t step, uint64_t flush_interval, bool drain, bool write)
+      : img_(img), buf_(buf), slot_(slot), count_(count), size_(size), step_(step),
+        flush_interval_(flush_interval), drain_(drain), write_(write), image_size_(img->size()),
+        pos_(offset % img->size()) {
+    for (int i = static_cast<int>(depth) - 1; i >= 0; i--) free_slots_.push_back(i);
+  }
+
+  // Issues the first requests and waits until every request (and flush) has
+  // completed, or until the first error has drained the rest.
+  Status Run() {
+    Pump(std::unique_lock<std::mutex>(mu_));
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [this] { return in_flight_ == 0 && (issued_ == count_ || !error_.ok()); });
+    return error_;
+  }
+
+ private:
+  struct Start {
+    int slot;  // -1: a flush
+    uint64_t pos;
+  };
+
+  // Decides, under the lock, which requests to start, then starts them
+  // without it (a backend may complete a request before its call returns).
+  void Pump(std::unique_lock<std::mutex> l) {
+    std::vector<Start> starts;
+    while (error_.ok() && !in_flush_ && issued_ < count_) {
+      if (flush_interval_ && issued_ > 0 && issued_ % flush_interval_ == 0 && flushed_at_ != issued_) {
+        // Time for a flush: with draining, only once the writes before it
+        // are done, and no write starts until it has completed.
+        if (drain_ && in_flight_ > 0) break;
+        flushed_at_ = issued_;
+        in_flush_ = drain_;
+        in_flight_++;
+        starts.push_back({-1, 0});
+        continue;
+      }
+      if (free_slots_.empty()) break;
+      int s = free_slots_.back();
+      free_slots_.pop_back();
+      // Offsets wrap modulo the image size, as in qemu-img 7.2. A request that
+      // would still run past the end starts at 0 instead (qemu-img 7.2 fails
+      // it with EIO; later versions wrap modulo size - request size).
+      if (pos_ + size_ > image_size_) pos_ = 0;
+      starts.push_back({s, pos_});
+      pos_ = (pos_ + step_) % image_size_;
+      issued_++;
+      in_flight_++;
+    }
+    l.unlock();
+    for (const Start& st : starts) {
+      if (st.slot < 0) {
+        img_->FlushAsync([this](Status s) { Done(-1, s); });
+        continue;
+      }
+      uint8_t* p = buf_ + static_cast<size_t>(st.slot) * slot_;
+      auto done = [this, slot = st.slot](Status s) { Done(slot, s); };
+      if (write_) {
+        img_->WriteAsync(st.pos, p, size_, done);
+      } else {
+        img_->ReadAsync(st.pos, p, size_, done);
+      }
+    }
+  }
+
+  void Done(int slot, Status st) {
+    std::unique_lock<std::mutex> l(mu_);
+    if (!st.ok() && error_.ok()) error_ = st;
+    if (slot >= 0) {
+      free_slots_.push_back(slot);
+    } else if (in_flush_) {
+      in_flush_ = false;
+    }
+    in_flight_--;
+    if (in_flight_ == 0 && (issued_ == count_ || !error_.ok())) {
+      cv_.notify_all();
+      return;
+    }
+    Pump(std::move(l));
+  }
+
+  Image* const img_;
+  uint8_t* const buf_;
+  const size_t slot_;
+  const uint64_t count_, size_, step_, flush_interval_;
+  const bool drain_, write_;
+  const uint64_t image_size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t pos_;
+  uint64_t issued_ = 0;
+  uint64_t in_flight_ = 0;
+  uint64_t flushed_at_ = 0;  // the request count at the last flush started
+  bool in_flush_ = false;    // a draining flush is running
+  std::vector<int> free_slots_;
+  Status error_;
 };
 
 bool ParseCount(const char* arg, uint64_t max, uint64_t* out) {
@@ -81,7 +177,8 @@ int CmdBench(int argc, char** argv) {
       case 'q': quiet = true; break;
       case 's': {
         auto v = ParseSize(optarg);
-        if (!v.ok() || *v == 0 || *v > INT32_MAX) {
+        // 0 is allowed, as qemu-img allows it: requests that move no data.
+        if (!v.ok() || *v > INT32_MAX) {
           PrintError("Invalid buffer size specified");
           return 1;
         }
@@ -132,10 +229,7 @@ int CmdBench(int argc, char** argv) {
     PrintError("Flush interval can't be smaller than depth");
     return 1;
   }
-  if (!drain && !flush_interval) {
-    PrintError("--no-drain requires --flush-interval");
-    return 1;
-  }
+  // --no-drain without --flush-interval does nothing; qemu-img accepts it too.
   if (flush_interval && !write) {
     PrintError("--flush-interval is only available in write tests");
     return 1;
@@ -167,7 +261,7 @@ int CmdBench(int argc, char** argv) {
   // One aligned slot per request in flight (O_DIRECT wants 4 KiB alignment).
   const size_t slot = (size + 4095) & ~size_t{4095};
   void* mem = nullptr;
-  if (posix_memalign(&mem, 4096, slot * depth) != 0) {
+  if (posix_memalign(&mem, 4096, std::max<size_t>(slot * depth, 1)) != 0) {
     PrintError("Out of memory");
     return 1;
   }
@@ -184,61 +278,13 @@ int CmdBench(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  BenchState state;
-  for (int i = static_cast<int>(depth) - 1; i >= 0; i--) state.free_slots.push_back(i);
   auto start = std::chrono::steady_clock::now();
-  uint64_t pos = offset % image_size;
-  for (uint64_t n = 0; n < count; n++) {
-    std::unique_lock<std::mutex> l(state.mu);
-    if (flush_interval && n > 0 && n % flush_interval == 0) {
-      if (drain) {
-        state.cv.wait(l, [&] { return state.in_flight == 0 || !state.error.ok(); });
-        l.unlock();
-        Status st = (*img)->Flush();
-        l.lock();
-        if (!st.ok() && state.error.ok()) state.error = st;
-      } else {
-        state.in_flight++;
-        l.unlock();
-        (*img)->FlushAsync([&state](Status st) {
-          std::lock_guard<std::mutex> g(state.mu);
-          if (!st.ok() && state.error.ok()) state.error = st;
-          state.in_flight--;
-          state.cv.notify_all();
-        });
-        l.lock();
-      }
-    }
-    state.cv.wait(l, [&] { return !state.free_slots.empty() || !state.error.ok(); });
-    if (!state.error.ok()) break;
-    int s = state.free_slots.back();
-    state.free_slots.pop_back();
-    state.in_flight++;
-    l.unlock();
-    uint8_t* p = buf.get() + static_cast<size_t>(s) * slot;
-    auto done = [&state, s](Status st) {
-      std::lock_guard<std::mutex> g(state.mu);
-      if (!st.ok() && state.error.ok()) state.error = st;
-      state.free_slots.push_back(s);
-      state.in_flight--;
-      state.cv.notify_all();
-    };
-    // Requests that would run past the end wrap to the start, as qemu-img's do.
-    if (pos + size > image_size) pos = 0;
-    if (write) {
-      (*img)->WriteAsync(pos, p, size, done);
-    } else {
-      (*img)->ReadAsync(pos, p, size, done);
-    }
-    pos = (pos + step) % image_size;
-  }
-  {
-    std::unique_lock<std::mutex> l(state.mu);
-    state.cv.wait(l, [&] { return state.in_flight == 0; });
-  }
+  BenchRun run(img->get(), buf.get(), slot, count, depth, offset, size, step, flush_interval, drain,
+               write);
+  Status run_st = run.Run();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!state.error.ok()) {
-    PrintErrorF("Failed request: %s", state.error.message().c_str());
+  if (!run_st.ok()) {
+    PrintErrorF("Failed request: %s", run_st.message().c_str());
     return 1;
   }
   std::printf("Run completed in %3.3f seconds.\n", secs);
