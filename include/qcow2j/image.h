@@ -147,6 +147,11 @@ class Image {
   // Asynchronous forms: return at once, call done exactly once from some
   // thread when the request completes. The buffer must stay valid until then.
   // The defaults run the blocking call on the engine's request threads.
+  // A completion may submit more requests. One it submits may wait for the
+  // completing thread, which takes it as soon as the completion returns (no
+  // other thread is woken), so completions should return promptly. One that
+  // blocks (say, until a request it submitted completes) still sees that
+  // request run, about a millisecond later, on another thread.
   virtual void ReadAsync(uint64_t offset, void* buf, size_t len, Completion done);
   virtual void WriteAsync(uint64_t offset, const void* buf, size_t len, Completion done);
   virtual void WriteZeroesAsync(uint64_t offset, uint64_t len, bool may_unmap, Completion done);
