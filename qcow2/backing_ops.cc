@@ -48,7 +48,7 @@ Status MakeEmpty(const std::string& path, Env* env) {
     QCOW2J_RETURN_IF_ERROR(im.file->Sync());
   }
   im.l1 = std::move(empty);
-  QCOW2J_RETURN_IF_ERROR(RefcountModel::WriteBlocks(im.file.get(), rc.TakeDirty()));
+  QCOW2J_RETURN_IF_ERROR(rc.WriteDirty(im.file.get()));
   QCOW2J_RETURN_IF_ERROR(im.file->Sync());
   // Clusters an internal snapshot shared with the active tree keep their
   // (now lower) refcount; the rest are free and their space goes back.

@@ -48,8 +48,8 @@ class RefcountModel {
   Result<bool> Claim(uint64_t ci);
   // Sets the refcount of a cluster that has a refcount block.
   Status Set(uint64_t ci, uint64_t value);
-  // Refcount-run records (absolute values) for every refcount that differs
-  // from what the file held when its block was loaded.
+  // Refcount-run records (absolute values) for every refcount set (by Add,
+  // Claim or Set) since its block was loaded, changed or not.
   void JournalRuns(std::vector<JournalRecord>* out) const;
 
   // A copy of every block changed since the last Take, with its offset; the
@@ -61,6 +61,9 @@ class RefcountModel {
   std::vector<BlockImage> TakeDirty();
   // Writes blocks (sorted by offset, adjacent ones in one write).
   static Status WriteBlocks(File* file, std::vector<BlockImage> blocks);
+  // Writes every changed block in place, from the model's own buffers (no
+  // copy, unlike TakeDirty), the same way; they count as clean afterwards.
+  Status WriteDirty(File* file);
 
   // Clusters whose refcount reached 0 at some point (check Get before use).
   const std::vector<uint64_t>& zeroed() const { return zeroed_; }
