@@ -233,12 +233,7 @@ class Scanner {
     QCOW2J_RETURN_IF_ERROR(r_->computed.Resize(n));
     QCOW2J_RETURN_IF_ERROR(r_->ondisk.Resize(n));
     try {
-      static_assert(static_cast<int>(ClusterUse::kFree) == 0);
-      if (owner_.empty() && owner_.capacity() < n) {
-        owner_.resize(n);  // zeroed memory: kFree, no page touched
-      } else {
-        owner_.assign(n, ClusterUse::kFree);
-      }
+      owner_.Reset(n);
     } catch (const std::bad_alloc&) {
       return Status::Aborted("cannot allocate the cluster map");
     }
@@ -395,7 +390,7 @@ class Scanner {
       if (k >= nb_clusters_) nb_clusters_ = k + 1;
       const ClusterUse cur = owner_[k];
       if (cur == ClusterUse::kFree) {
-        owner_[k] = use;
+        owner_.Set(k, use);
       } else if (!MayShare(cur, use) && out == Outcome::kOk) {
         Problem("overlap", k << cb_,
                 Fmt("ERROR %s at 0x%llx: %s at 0x%llx overlaps the %s in cluster %llu", what,
@@ -419,12 +414,12 @@ class Scanner {
   bool AddDataRef(uint64_t off, uint64_t n) {
     const uint64_t k = off >> cb_;
     if (k >= nb_clusters_ || ((k + 1) << cb_) > file_size_) return false;
-    ClusterUse& use = owner_[k];
+    const ClusterUse use = owner_[k];
     if (use != ClusterUse::kFree && use != ClusterUse::kData) return false;
     if (n != 1 || !r_->computed.Increment(k, refmax_)) {
       return false;
     }
-    use = ClusterUse::kData;
+    if (use == ClusterUse::kFree) owner_.Set(k, ClusterUse::kData);
     return true;
   }
 
@@ -901,13 +896,10 @@ class Scanner {
     }
     // Runs that agree byte for byte (most of a consistent image) are skipped
     // with memcmp instead of two lookups per cluster.
-    const bool plain = r_->ondisk.all_small() && r_->computed.all_small();
-    const uint64_t compared = std::min({nb_clusters_, r_->ondisk.size(), r_->computed.size()});
     constexpr uint64_t kRun = 4096;
     for (uint64_t i = 0; i < nb_clusters_; ++i) {
-      if (plain && i % kRun == 0 && i + kRun <= compared &&
-          std::memcmp(r_->ondisk.small_data() + i, r_->computed.small_data() + i,
-                      kRun * sizeof(uint16_t)) == 0) {
+      if (i % kRun == 0 && i + kRun <= nb_clusters_ &&
+          RefcountMap::SameRun(r_->ondisk, r_->computed, i, kRun)) {
         i += kRun - 1;
         continue;
       }
